@@ -1,0 +1,182 @@
+"""Component specs, runtime context, and the data that flows between trainers and components.
+
+Everything here is plain Python: arrays may be numpy arrays or torch tensors, but core never
+imports either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dataflex_core.errors import PluginError
+
+__all__ = [
+    "KINDS",
+    "ComponentSpec",
+    "ComponentContext",
+    "MixFeedback",
+    "MixDecision",
+    "SelectRequest",
+    "WeightFeedback",
+]
+
+#: The kinds of component a plugin may register.
+KINDS: tuple[str, ...] = ("selector", "mixer", "weighter", "featurizer", "index")
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What a plugin registers: a named, lazily built component.
+
+    Attributes:
+        kind: One of :data:`KINDS`.
+        name: The name users write in configs (``"random"``, ``"doremi"``).
+        factory: ``"package.module:Class"`` (imported only when the component is created, so
+            discovery never imports torch or faiss) or the class itself. It is called as
+            ``factory(config, context)``.
+        config: The config dataclass, as a class or a ``"package.module:Class"`` string. None
+            means the factory's ``config_class`` attribute.
+        summary: One line shown by ``dataflex-cli components``.
+        paper: Reference (arXiv id or URL), empty when there is none.
+        source: Filled in by the registry: the plugin (and distribution) that registered it.
+    """
+
+    kind: str
+    name: str
+    factory: str | Callable[..., Any]
+    config: str | type | None = None
+    summary: str = ""
+    paper: str = ""
+    source: str = ""
+
+    def validate(self, plugin: str) -> None:
+        """Raise :class:`PluginError` naming ``plugin`` when the spec is malformed."""
+        if self.kind not in KINDS:
+            raise PluginError(
+                f"plugin {plugin!r} registers {self.name!r} with unknown kind {self.kind!r}; "
+                f"valid kinds are {', '.join(KINDS)}. Fix the plugin's ComponentSpec(kind=...)."
+            )
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise PluginError(
+                f"plugin {plugin!r} registers a {self.kind} with invalid name {self.name!r}; "
+                "names start with a letter or '_' and contain letters, digits, '_', '-', '.'."
+            )
+        if isinstance(self.factory, str) and ":" not in self.factory:
+            raise PluginError(
+                f"plugin {plugin!r}: {self.kind} {self.name!r} has factory {self.factory!r}; "
+                "write it as 'package.module:ClassName'."
+            )
+        if not isinstance(self.factory, str) and not callable(self.factory):
+            raise PluginError(
+                f"plugin {plugin!r}: {self.kind} {self.name!r} factory must be a "
+                f"'module:Class' string or a callable, got {self.factory!r}."
+            )
+
+    def with_source(self, source: str) -> ComponentSpec:
+        """Return a copy with ``source`` set."""
+        return dataclasses.replace(self, source=source)
+
+    @property
+    def factory_path(self) -> str:
+        """The factory as a ``module:qualname`` string."""
+        if isinstance(self.factory, str):
+            return self.factory
+        return f"{self.factory.__module__}:{self.factory.__qualname__}"
+
+
+@dataclass(frozen=True)
+class ComponentContext:
+    """Runtime facts a component needs besides its hyperparameters.
+
+    Runtime objects never enter the config namespace (spec §5.2); they come here.
+
+    Attributes:
+        name: The entry name the component was created under (``"loss_high"``).
+        seed: The run's base seed; a component's own ``seed`` key overrides it.
+        domains: Domain names in config order (mixers, per-domain statistics).
+        num_samples: Size ``N`` of the training pool (selectors).
+        output_dir: Where the run writes (caches default below it).
+        rank: This process's rank.
+        world_size: Number of processes.
+        extras: Anything else an integration wants to hand over (read-only).
+    """
+
+    name: str = ""
+    seed: int = 0
+    domains: tuple[str, ...] = ()
+    num_samples: int | None = None
+    output_dir: str | None = None
+    rank: int = 0
+    world_size: int = 1
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MixFeedback:
+    """Per-domain training signals of one optimizer step, already all-reduced over ranks.
+
+    Sequences have one entry per domain, in config order. Per-sample fields are optional and, if
+    given, cover the whole global batch (gathered), with ``sample_domains[i]`` the domain of
+    sample ``i`` (never the batch's first sample's domain).
+    """
+
+    step: int
+    loss_sum: Sequence[float]
+    token_count: Sequence[float]
+    sample_count: Sequence[float]
+    sample_loss_sum: Sequence[float] | None = None
+    excess_loss_sum: Sequence[float] | None = None
+    sample_losses: Sequence[float] | None = None
+    sample_domains: Sequence[int] | None = None
+
+
+@dataclass(frozen=True)
+class MixDecision:
+    """A mixer's decision: domain proportions (on the simplex) and optional loss weights."""
+
+    proportions: tuple[float, ...]
+    loss_weights: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SelectRequest:
+    """What a trainer asks a selector for at an update (spec §2.0, §5.1).
+
+    Attributes:
+        step: Completed optimizer steps ``s``.
+        epoch: Flex epoch ``e``.
+        update: Index of this update within the epoch (0-based); -1 for the warmup draw.
+        n: Number of indices wanted (``G * update_step``).
+        num_samples: Pool size ``N``.
+        warmup: True for the warmup draw of an epoch.
+        extras: Signals for model-in-the-loop selectors (losses, features), by name.
+    """
+
+    step: int
+    epoch: int
+    update: int
+    n: int
+    num_samples: int
+    warmup: bool = False
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WeightFeedback:
+    """Per-sample signals of one micro-batch for a weighter (spec §4.0).
+
+    ``losses`` keeps its type (numpy array or torch tensor on the loss's device); the weighter
+    returns weights of the same type and length.
+    """
+
+    step: int
+    losses: Any
+    token_counts: Any = None
+    domains: Any = None
+    valid: Any = None

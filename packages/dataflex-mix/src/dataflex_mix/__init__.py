@@ -1,0 +1,1 @@
+"""DataFlex mix."""
