@@ -1,0 +1,376 @@
+"""The mixing controller: feedback in, proportions out, windows for the sampler, state on disk.
+
+It lives between the trainer (which records per-sample losses in ``compute_loss``), the
+callback (which calls :meth:`MixController.on_step_end` after every optimizer step) and the
+sampler (which asks for the proportions of each window when it starts drawing it).
+
+Timing. A decision made at completed step ``s`` uses the feedback of steps ``< s``. The data
+loader draws one micro-batch ahead of training (accelerate prefetches), so when the callback
+runs after step ``s``, rows of step ``s`` may already be drawn; the decision therefore shapes the
+window that starts at step ``s + 1``. The decision at ``s = 0`` is made before anything is drawn
+(``on_train_begin``) and shapes step 0 on. The lag is fixed and documented, so runs are exactly
+reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dataflex_core import (
+    ComponentContext,
+    DataError,
+    MixDecision,
+    MixFeedback,
+    StateError,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    get_plugin_manager,
+    get_registry,
+)
+from dataflex_mix.sampler import MixtureSampler
+
+from dataflex_llamafactory.config import RunConfig
+
+__all__ = ["MixController", "STATE_FILE", "SCHEMA_VERSION"]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "dataflex_state.json"
+SCHEMA_VERSION = 1
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _state_hash(state: Any) -> str:
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+class MixController:
+    """Runs one mixer (or fixed proportions) inside a training run.
+
+    Args:
+        run: The parsed run config (its component entry names the mixer).
+        domains: Domain names in config order.
+        domain_sizes: Rows per domain in the concatenated training dataset.
+        samples_per_step: Global batch ``G``.
+        total_steps: Optimizer steps of the run.
+        seed: The run seed.
+        output_dir: The run's output folder.
+        fingerprint: Content fingerprint of the training data (checked on resume).
+    """
+
+    def __init__(
+        self,
+        run: RunConfig,
+        *,
+        domains: Sequence[str],
+        domain_sizes: Sequence[int],
+        samples_per_step: int,
+        total_steps: int,
+        seed: int,
+        output_dir: str,
+        fingerprint: str = "",
+    ) -> None:
+        self.run = run
+        self.cfg = run.dataflex
+        self.schedule = self.cfg.schedule()
+        self.domains = list(domains)
+        self.domain_sizes = [int(x) for x in domain_sizes]
+        self.K = len(self.domains)
+        self.G = int(samples_per_step)
+        self.total_steps = int(total_steps)
+        self.seed = int(seed)
+        self.output_dir = Path(output_dir)
+        self.fingerprint = fingerprint
+        self.rank, self.world_size = _dist()
+        empty = [d for d, n in zip(self.domains, self.domain_sizes, strict=True) if n == 0]
+        if empty:
+            raise DataError(
+                f"domain(s) {empty} have no rows after preprocessing (cutoff_len, filtering); "
+                "remove them from `dataset:` or check their files."
+            )
+        self.mixer = None
+        if run.component is not None:
+            ctx = ComponentContext(
+                name=run.component.entry,
+                seed=self.seed,
+                domains=tuple(self.domains),
+                output_dir=str(self.output_dir),
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+            self.mixer = get_registry().create(
+                "mixer", run.component.type, context=ctx, **run.component.params
+            )
+        self.initial = self._initial_proportions()
+        # Window u starts at window_starts[u]; its proportions are window_props[u] once decided.
+        updates = [s for s in range(self.total_steps) if self.schedule.is_update(s)] if self.mixer else []
+        starts = {0}
+        for s in updates:
+            if s == 0:
+                continue
+            if s + 1 < self.total_steps:
+                starts.add(s + 1)
+        self.window_starts = sorted(starts)
+        self.update_steps = updates
+        self.window_props: dict[int, list[float]] = {}
+        if not updates or updates[0] != 0:
+            self.window_props[0] = list(self.initial)
+        self.update_count = 0
+        self._reset_feedback()
+        self.sampler = MixtureSampler(
+            self.domain_sizes,
+            samples_per_step=self.G,
+            total_steps=self.total_steps,
+            proportions_for=self._proportions_for,
+            window_starts=self.window_starts,
+            seed=self.seed,
+            mixture_order=self.cfg.mixture_order,
+            within_domain=self.cfg.within_domain,
+            domain_names=self.domains,
+        )
+        self.log_path = self.output_dir / "dataflex" / "decisions.jsonl"
+        self.trainer: Any = None
+
+    # ------------------------------------------------------------------ proportions
+    def _initial_proportions(self) -> list[float]:
+        cfg = self.cfg
+        if cfg.init_mixture_proportions is not None:
+            p = np.asarray(cfg.init_mixture_proportions, dtype=np.float64)
+            if p.shape != (self.K,):
+                raise DataError(
+                    f"init_mixture_proportions has {p.size} entries but there are {self.K} "
+                    f"datasets {self.domains}; give one proportion per dataset, in order."
+                )
+            if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+                raise DataError(
+                    f"init_mixture_proportions {list(p)} must be finite, >= 0 and sum to > 0."
+                )
+            p = p / p.sum()
+        elif cfg.mixture_sample_rule == "stratified":
+            sizes = np.asarray(self.domain_sizes, dtype=np.float64)
+            p = sizes / sizes.sum()
+        else:
+            p = np.full(self.K, 1.0 / self.K)
+        zero = [d for d, x, n in zip(self.domains, p, self.domain_sizes, strict=True) if x > 0 and n == 0]
+        if zero:
+            raise DataError(f"domain(s) {zero} have no rows but a positive initial proportion.")
+        return [float(x) for x in p]
+
+    def _proportions_for(self, u: int) -> list[float]:
+        if u not in self.window_props:
+            raise DataError(
+                f"the data loader asked for window {u} (from step {self.window_starts[u]}) before "
+                "its mixing decision was made: it prefetches too far ahead. Set "
+                "`dataloader_num_workers: 0` (and no prefetch) for dynamic mixing."
+            )
+        return self.window_props[u]
+
+    @property
+    def current_proportions(self) -> list[float]:
+        """Proportions of the latest decided window."""
+        return self.window_props[max(self.window_props)]
+
+    # ------------------------------------------------------------------ feedback
+    def _reset_feedback(self, device: Any = None) -> None:
+        z = lambda: torch.zeros(self.K, dtype=torch.float64, device=device)  # noqa: E731
+        self._fb = {
+            "loss_sum": z(),
+            "token_count": z(),
+            "sample_count": z(),
+            "sample_loss_sum": z(),
+        }
+
+    def record(self, domain_ids: torch.Tensor, losses: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Add one micro-batch's per-sample token-mean losses (detached) to the feedback.
+
+        Accumulates on the loss's device; nothing moves to the host until an update.
+        """
+        if self._fb["loss_sum"].device != losses.device:
+            moved = {k: v.to(losses.device) for k, v in self._fb.items()}
+            self._fb = moved
+        d = domain_ids.to(losses.device).long()
+        ok = torch.isfinite(losses) & (tokens > 0)
+        if not bool(ok.all()):
+            n_bad = int((~ok).sum())
+            log.warning("skipping %d sample(s) with non-finite loss or no supervised token", n_bad)
+        losses = torch.where(ok, losses.detach().double(), torch.zeros((), dtype=torch.float64, device=losses.device))
+        tok = torch.where(ok, tokens.double(), torch.zeros((), dtype=torch.float64, device=losses.device))
+        self._fb["loss_sum"].index_add_(0, d, losses * tok)
+        self._fb["token_count"].index_add_(0, d, tok)
+        self._fb["sample_count"].index_add_(0, d, ok.double())
+        self._fb["sample_loss_sum"].index_add_(0, d, losses)
+
+    def _reduced_feedback(self, step: int) -> MixFeedback:
+        stacked = torch.stack([self._fb[k] for k in ("loss_sum", "token_count", "sample_count", "sample_loss_sum")])
+        if self.world_size > 1:
+            torch.distributed.all_reduce(stacked, op=torch.distributed.ReduceOp.SUM)
+        arr = stacked.cpu().numpy()
+        return MixFeedback(
+            step=step,
+            loss_sum=arr[0].tolist(),
+            token_count=arr[1].tolist(),
+            sample_count=arr[2].tolist(),
+            sample_loss_sum=arr[3].tolist(),
+        )
+
+    # ------------------------------------------------------------------ schedule
+    def on_train_begin(self, step: int) -> None:
+        """Make the ``s = 0`` decision (warmup_step 0) before anything is drawn."""
+        if step == 0 and self.mixer is not None and self.update_steps and self.update_steps[0] == 0:
+            self._decide(0, None)
+
+    def on_step_end(self, step: int) -> None:
+        """Called after every optimizer step with ``step`` completed steps."""
+        if self.mixer is None or step not in self._update_set:
+            return
+        self._decide(step, self._reduced_feedback(step))
+
+    @property
+    def _update_set(self) -> set[int]:
+        if not hasattr(self, "_updates_cache"):
+            self._updates_cache = set(self.update_steps)
+        return self._updates_cache
+
+    def _decide(self, step: int, feedback: MixFeedback | None) -> None:
+        assert self.mixer is not None
+        decision: MixDecision = self.mixer.step(feedback)
+        p = [float(x) for x in decision.proportions]
+        window = 0 if step == 0 else self.window_starts.index(step + 1) if step + 1 in self.window_starts else None
+        if window is not None:
+            self.window_props[window] = p
+        self.update_count += 1
+        self._reset_feedback(self._fb["loss_sum"].device)
+        if self.cfg.check_state_consistency and self.world_size > 1:
+            self._check_consistency(step)
+        record = {
+            "step": step,
+            "kind": "mixer",
+            "component": self.run.component.entry if self.run.component else "static_mix",
+            "decision": {"proportions": p, "domains": self.domains, "applies_from_step": 0 if step == 0 else step + 1},
+        }
+        if feedback is not None:
+            counts = np.asarray(feedback.token_count)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(counts > 0, np.asarray(feedback.loss_sum) / np.maximum(counts, 1), np.nan)
+            record["feedback"] = {
+                "domain_loss": [None if not np.isfinite(x) else float(x) for x in mean],
+                "domain_samples": [float(x) for x in feedback.sample_count],
+            }
+        if self.rank == 0:
+            append_jsonl(self.log_path, [record])
+        if self.trainer is not None:
+            self.trainer.log({f"dataflex/p/{d}": x for d, x in zip(self.domains, p, strict=True)})
+        get_plugin_manager().hook.dataflex_on_update(
+            step=step, kind="mixer", component=record["component"], decision=record["decision"]
+        )
+
+    def _check_consistency(self, step: int) -> None:
+        h = _state_hash(self.mixer.state_dict())  # type: ignore[union-attr]
+        local = torch.tensor(list(bytes.fromhex(h)[:8]), dtype=torch.int64)
+        gathered = [torch.zeros_like(local) for _ in range(self.world_size)]
+        torch.distributed.all_gather(gathered, local)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise StateError(
+                f"mixer state differs across ranks after the update at step {step}; the "
+                "feedback was not all-reduced identically (report this as a bug)."
+            )
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """Everything needed to resume at ``step`` completed steps."""
+        fb = {k: v.cpu().tolist() for k, v in self._fb.items()}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "train_type": self.cfg.train_type,
+            "component": (
+                {"entry": self.run.component.entry, "type": self.run.component.type}
+                if self.run.component
+                else None
+            ),
+            "effective_config_hash": self.run.effective_hash(),
+            "domain_names": self.domains,
+            "domain_sizes": self.domain_sizes,
+            "dataset_fingerprint": self.fingerprint,
+            "samples_per_step": self.G,
+            "total_steps": self.total_steps,
+            "seeds": {"run": self.seed},
+            "step": step,
+            "update_count": self.update_count,
+            "window_props": {str(u): p for u, p in sorted(self.window_props.items())},
+            "mixer": self.mixer.state_dict() if self.mixer is not None else None,
+            "sampler": self.sampler.state_dict(consumed=step * self.G),
+            "feedback": fb,
+        }
+
+    def save(self, checkpoint_dir: str | Path, step: int) -> Path:
+        """Write ``dataflex_state.json`` into ``checkpoint_dir`` atomically (rank 0 only)."""
+        state = self.state_dict(step)
+        path = Path(checkpoint_dir) / STATE_FILE
+        if self.rank == 0:
+            atomic_write_json(path, state)
+            get_plugin_manager().hook.dataflex_on_save(step=step, checkpoint_dir=str(checkpoint_dir), state=state)
+        return path
+
+    def load(self, checkpoint_dir: str | Path, step: int) -> None:
+        """Restore from ``checkpoint_dir/dataflex_state.json`` written at ``step``."""
+        path = Path(checkpoint_dir) / STATE_FILE
+        if not path.is_file():
+            raise StateError(
+                f"cannot resume from {str(checkpoint_dir)!r}: it has no {STATE_FILE}, so it was not "
+                "written by a dataflex run with this train_type; start a fresh run or pick another checkpoint."
+            )
+        try:
+            state = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise StateError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged.") from None
+        self.load_state_dict(state, step)
+
+    def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
+        """Restore a :meth:`state_dict` snapshot, checking it belongs to this run."""
+        if state.get("schema_version") != SCHEMA_VERSION:
+            raise StateError(f"dataflex state schema {state.get('schema_version')!r} is not {SCHEMA_VERSION}.")
+        expect = {
+            "train_type": self.cfg.train_type,
+            "domain_names": self.domains,
+            "domain_sizes": self.domain_sizes,
+            "samples_per_step": self.G,
+            "total_steps": self.total_steps,
+            "effective_config_hash": self.run.effective_hash(),
+            "step": step,
+        }
+        for key, mine in expect.items():
+            if state.get(key) != mine:
+                raise StateError(
+                    f"the checkpoint's dataflex state has {key}={state.get(key)!r} but this run has "
+                    f"{mine!r}; resume with the same config, datasets and batch sizes."
+                )
+        if self.fingerprint and state.get("dataset_fingerprint") not in ("", self.fingerprint):
+            raise StateError(
+                "the training data changed since the checkpoint (fingerprint mismatch); resume "
+                "with the same dataset files and preprocessing settings."
+            )
+        if self.mixer is not None:
+            self.mixer.load_state_dict(state["mixer"])
+        self.window_props = {int(u): list(p) for u, p in state["window_props"].items()}
+        self.update_count = int(state["update_count"])
+        dev = self._fb["loss_sum"].device
+        self._fb = {k: torch.tensor(v, dtype=torch.float64, device=dev) for k, v in state["feedback"].items()}
+        self.sampler.load_state_dict(state["sampler"])
+        if self.rank == 0 and self.log_path.exists():
+            # Drop decisions made after the checkpoint: the resumed run makes them again.
+            lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln)["step"] <= step]
+            atomic_write_text(self.log_path, "".join(ln + "\n" for ln in keep))

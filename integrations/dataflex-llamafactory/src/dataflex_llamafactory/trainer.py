@@ -1,0 +1,73 @@
+"""Trainer subclasses: they override only ``compute_loss`` and the train sampler.
+
+``compute_loss`` strips the side tensor ``domain_id`` (added by :class:`DomainCollator`) before
+the model sees the batch, runs LLaMA-Factory's own loss, and records per-sample losses for the
+controller. ``_get_train_sampler`` returns the controller's mixture sampler, which reads the
+current decision when each window starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from dataflex_ops.loss import per_sample_loss
+from llamafactory.train.pt.trainer import CustomTrainer
+from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+
+__all__ = ["DomainCollator", "DataflexTrainerMixin", "DataflexPtTrainer", "DataflexSftTrainer"]
+
+DOMAIN_KEY = "domain_id"
+
+
+class DomainCollator:
+    """Wraps a collator: pops each feature's ``domain_id`` into a side tensor of the batch."""
+
+    def __init__(self, inner: Callable[[Sequence[dict[str, Any]]], dict[str, Any]]) -> None:
+        self.inner = inner
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        feats = [dict(f) for f in features]
+        ids = [f.pop(DOMAIN_KEY, None) for f in feats]
+        batch = self.inner(feats)
+        if all(i is not None for i in ids):
+            batch[DOMAIN_KEY] = torch.tensor(ids, dtype=torch.long)
+        return batch
+
+    def __getattr__(self, name: str) -> Any:  # collators carry attributes trainers read
+        return getattr(self.inner, name)
+
+
+class DataflexTrainerMixin:
+    """Adds the DataFlex sampler and per-sample feedback to a LLaMA-Factory trainer."""
+
+    dataflex_controller: Any = None
+
+    def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+        if self.dataflex_controller is not None:
+            return self.dataflex_controller.sampler
+        return super()._get_train_sampler(*args, **kwargs)  # type: ignore[misc]
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
+        domain_ids = inputs.pop(DOMAIN_KEY, None)
+        controller = self.dataflex_controller
+        if controller is None or domain_ids is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)  # type: ignore[misc]
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)  # type: ignore[misc]
+        labels = inputs.get("labels")
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        if labels is not None and logits is not None:
+            with torch.no_grad():
+                values, valid = per_sample_loss(logits.detach(), labels)
+                tokens = (labels[:, 1:] != -100).sum(dim=1)
+            controller.record(domain_ids, torch.where(valid, values, torch.full_like(values, float("nan"))), tokens)
+        return (loss, outputs) if return_outputs else loss
+
+
+class DataflexPtTrainer(DataflexTrainerMixin, CustomTrainer):
+    """LLaMA-Factory's pre-training trainer with DataFlex sampling and feedback."""
+
+
+class DataflexSftTrainer(DataflexTrainerMixin, CustomSeq2SeqTrainer):
+    """LLaMA-Factory's SFT trainer with DataFlex sampling and feedback."""

@@ -1,0 +1,310 @@
+"""Our own pt and sft workflows, built from LLaMA-Factory's public builders.
+
+LLaMA-Factory's ``run_pt``/``run_sft`` build tokenizer, template, dataset, model and collator and
+then a trainer; we do the same with the same builders, but load each dataset of ``dataset:`` as
+one *domain* (so packed pre-training blocks never straddle two domains), concatenate them with a
+``domain_id`` column, and train with our trainer subclass and callback. Nothing in LLaMA-Factory
+or transformers is patched.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from dataflex_core import ConfigError, DataError, atomic_write_json
+
+from dataflex_llamafactory.config import RunConfig
+
+__all__ = ["run_train", "prepare_lf_args", "check_datasets", "destroy_process_group"]
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_STAGES = ("pt", "sft")
+
+
+def prepare_lf_args(run: RunConfig) -> dict[str, Any]:
+    """LLaMA-Factory arguments with our adjustments (built-in models, resume settings)."""
+    from dataflex_llamafactory.assets import resolve_model
+
+    args = dict(run.lf_args)
+    model = args.get("model_name_or_path")
+    if isinstance(model, str):
+        args["model_name_or_path"] = resolve_model(model)
+    if run.dataflex.train_type != "static":
+        if args.get("ignore_data_skip") is False:
+            raise ConfigError(
+                "ignore_data_skip: false conflicts with dynamic training: DataFlex restores the "
+                "exact data position from dataflex_state.json on resume. Remove the key."
+            )
+        # The trainer would otherwise replay the sampler to skip consumed batches.
+        args["ignore_data_skip"] = True
+        if int(args.get("dataloader_num_workers", 0) or 0) > 0:
+            raise ConfigError(
+                f"dataloader_num_workers: {args['dataloader_num_workers']} makes the loader draw "
+                "batches before the mixing decision for them is made; use 0 with dynamic training."
+            )
+        if args.get("streaming"):
+            raise ConfigError("streaming datasets are not supported by train_type "
+                              f"{run.dataflex.train_type!r} in this version; set streaming: false.")
+        if float(args.get("val_size", 0) or 0) > 0:
+            raise ConfigError(
+                "val_size splits the mixed training pool; with dynamic training give a separate "
+                "`eval_dataset:` instead."
+            )
+    return args
+
+
+def check_datasets(names: list[str] | None, dataset_dir: str, what: str = "dataset") -> None:
+    """Fail early, with the file and the fix, when a local dataset is missing or empty."""
+    if not names:
+        return
+    info_path = Path(dataset_dir) / "dataset_info.json"
+    if not info_path.is_file():
+        raise DataError(
+            f"{what}: {info_path} does not exist; set `dataset_dir:` to the folder that holds "
+            "dataset_info.json."
+        )
+    try:
+        info = json.loads(info_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{info_path} is not valid JSON: {exc}") from None
+    for name in names:
+        if name not in info:
+            raise DataError(
+                f"{what} {name!r} is not defined in {info_path}; defined: {', '.join(sorted(info))}."
+            )
+        entry = info[name]
+        fname = entry.get("file_name") if isinstance(entry, dict) else None
+        if fname is None:
+            continue  # hub or script datasets: LLaMA-Factory reports problems itself
+        fpath = Path(dataset_dir) / fname
+        if not fpath.exists():
+            raise DataError(f"{what} {name!r}: file {fpath} does not exist; check `file_name` in {info_path}.")
+        if fpath.is_file() and fpath.stat().st_size == 0:
+            raise DataError(f"{what} {name!r}: file {fpath} is empty; a domain needs at least one row.")
+
+
+def _domain_datasets(template: Any, model_args: Any, data_args: Any, training_args: Any, stage: str, tokenizer_module: dict[str, Any]) -> tuple[Any, list[str], list[int], str]:
+    """Load and preprocess each dataset as one domain; concatenate with a domain_id column."""
+    from datasets import concatenate_datasets
+    from llamafactory.data import get_dataset
+
+    names = list(data_args.dataset or [])
+    if not names:
+        raise ConfigError("`dataset:` is empty; dynamic training needs at least one dataset (domain).")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"`dataset:` names a dataset twice: {names}; each domain once.")
+    parts, sizes, prints = [], [], []
+    for k, name in enumerate(names):
+        dargs = copy.copy(data_args)
+        dargs.dataset = [name]
+        dargs.eval_dataset = None
+        dargs.tokenized_path = None
+        module = get_dataset(template, model_args, dargs, training_args, stage=stage, **tokenizer_module)
+        ds = module.get("train_dataset")
+        n = 0 if ds is None else len(ds)
+        if n == 0:
+            raise DataError(
+                f"domain {name!r} has no rows after preprocessing (empty file, or every row longer "
+                "than cutoff_len / filtered); fix its file or remove it from `dataset:`."
+            )
+        ds = ds.add_column("domain_id", [k] * n)
+        parts.append(ds)
+        sizes.append(n)
+        prints.append(getattr(ds, "_fingerprint", "") or "")
+    fingerprint = hashlib.sha256("|".join(prints).encode()).hexdigest()
+    return concatenate_datasets(parts), names, sizes, fingerprint
+
+
+def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: Any = None) -> Any:
+    """Run one training job; returns the trainer.
+
+    Args:
+        run: The parsed run config.
+        callbacks: Extra ``TrainerCallback`` objects.
+        on_started: Called once training setup succeeded (the CLI stops cleaning up after it).
+    """
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.extras.ploting import plot_loss
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_model, load_tokenizer
+    from llamafactory.train.callbacks import LogCallback, ReporterCallback
+
+    from dataflex_llamafactory.callback import DataflexCallback
+    from dataflex_llamafactory.controller import MixController
+    from dataflex_llamafactory.trainer import DataflexPtTrainer, DataflexSftTrainer, DomainCollator
+
+    df = run.dataflex
+    lf_args = prepare_lf_args(run)
+    try:
+        model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(lf_args)
+    except ValueError as exc:
+        raise ConfigError(f"LLaMA-Factory rejected the config: {exc}") from exc
+    stage = finetuning_args.stage
+    if stage not in SUPPORTED_STAGES:
+        raise ConfigError(f"stage {stage!r} is not supported by dataflex-cli; use one of {SUPPORTED_STAGES}.")
+    if not training_args.do_train:
+        raise ConfigError("do_train is false: `dataflex-cli train` trains; set do_train: true.")
+    if df.train_type in ("dynamic_select", "dynamic_weight"):
+        raise ConfigError(
+            f"train_type {df.train_type!r} is not available in this release of "
+            "dataflex-llamafactory (only 'static' and 'dynamic_mix'); its components are usable "
+            "standalone from dataflex-select / dataflex-weight."
+        )
+    check_datasets(data_args.dataset, data_args.dataset_dir)
+    check_datasets(data_args.eval_dataset, data_args.dataset_dir, what="eval_dataset")
+
+    all_callbacks = list(callbacks or [])
+    all_callbacks.append(LogCallback())
+    all_callbacks.append(ReporterCallback(model_args, data_args, finetuning_args, generating_args))
+
+    tokenizer_module = load_tokenizer(model_args)
+    tokenizer = tokenizer_module["tokenizer"]
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+
+    controller = None
+    if df.train_type == "static":
+        dataset_module = get_dataset(template, model_args, data_args, training_args, stage=stage, **tokenizer_module)
+    else:
+        train_ds, domains, sizes, fingerprint = _domain_datasets(
+            template, model_args, data_args, training_args, stage, tokenizer_module
+        )
+        dataset_module = {"train_dataset": train_ds}
+        if data_args.eval_dataset:
+            eargs = copy.copy(data_args)
+            eargs.dataset = None
+            ev = get_dataset(template, model_args, eargs, training_args, stage=stage, **tokenizer_module)
+            if ev.get("eval_dataset") is not None:
+                dataset_module["eval_dataset"] = ev["eval_dataset"]
+        G = (
+            training_args.per_device_train_batch_size
+            * training_args.gradient_accumulation_steps
+            * training_args.world_size
+        )
+        schedule = df.schedule()
+        total = schedule.mix_total_steps(df.train_step, sum(sizes), G, training_args.num_train_epochs)
+        if training_args.max_steps > 0 and training_args.max_steps != total:
+            raise ConfigError(
+                f"max_steps: {training_args.max_steps} conflicts with the DataFlex schedule, which "
+                f"gives {total} steps (warmup_step {df.warmup_step} + update_step {df.update_step} "
+                f"x update_times {df.update_times}, or train_step); set only one of them."
+            )
+        if total < 1:
+            raise ConfigError(
+                f"the schedule gives {total} training steps; set update_times >= 1 or train_step > 0."
+            )
+        training_args.max_steps = total
+        controller = MixController(
+            run,
+            domains=domains,
+            domain_sizes=sizes,
+            samples_per_step=G,
+            total_steps=total,
+            seed=training_args.seed,
+            output_dir=training_args.output_dir,
+            fingerprint=fingerprint,
+        )
+        run_info = {
+            "output_dir": training_args.output_dir,
+            "train_type": df.train_type,
+            "component": run.component.entry if run.component else None,
+            "domains": domains,
+            "seed": training_args.seed,
+            "max_steps": total,
+            "rank": controller.rank,
+            "world_size": controller.world_size,
+        }
+        all_callbacks.insert(0, DataflexCallback(controller, run_info))
+        log.info(
+            "DataFlex %s: domains %s (rows %s), G=%d, %d steps, updates at %s",
+            df.train_type, domains, sizes, G, total, controller.update_steps[:10],
+        )
+
+    model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
+    if stage == "pt":
+        from transformers import DataCollatorForLanguageModeling
+
+        collator: Any = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
+        trainer_cls: Any = DataflexPtTrainer
+        extra: dict[str, Any] = {}
+    else:
+        from llamafactory.data import SFTDataCollatorWith4DAttentionMask
+        from llamafactory.extras.constants import IGNORE_INDEX
+
+        collator = SFTDataCollatorWith4DAttentionMask(
+            template=template,
+            model=model if not training_args.predict_with_generate else None,
+            pad_to_multiple_of=8,
+            label_pad_token_id=IGNORE_INDEX if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id,
+            block_diag_attn=model_args.block_diag_attn,
+            neat_packing=data_args.neat_packing,
+            attn_implementation=getattr(model.config, "_attn_implementation", None),
+            compute_dtype=model_args.compute_dtype,
+            **tokenizer_module,
+        )
+        trainer_cls = DataflexSftTrainer
+        gen_kwargs = generating_args.to_dict(obey_generation_config=True)
+        gen_kwargs["eos_token_id"] = [tokenizer.eos_token_id]
+        gen_kwargs["pad_token_id"] = tokenizer.pad_token_id
+        extra = {"gen_kwargs": gen_kwargs}
+    if controller is not None:
+        collator = DomainCollator(collator)
+
+    trainer = trainer_cls(
+        model=model,
+        args=training_args,
+        finetuning_args=finetuning_args,
+        data_collator=collator,
+        callbacks=all_callbacks,
+        **extra,
+        **dataset_module,
+        **tokenizer_module,
+    )
+    if controller is not None:
+        trainer.dataflex_controller = controller
+        controller.trainer = trainer
+        if training_args.should_save:
+            atomic_write_json(
+                Path(training_args.output_dir) / "dataflex" / "effective_config.json",
+                {**run.effective(), "hash": run.effective_hash(), "domains": controller.domains,
+                 "domain_sizes": controller.domain_sizes, "samples_per_step": controller.G,
+                 "total_steps": controller.total_steps, "update_steps": controller.update_steps,
+                 "window_starts": controller.window_starts},
+            )
+    if on_started is not None:
+        on_started()
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero() and finetuning_args.plot_loss:
+        plot_loss(training_args.output_dir, keys=["loss"])
+    if training_args.do_eval and dataset_module.get("eval_dataset") is not None:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        try:
+            metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
+        except (KeyError, OverflowError):
+            pass
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return trainer
+
+
+def destroy_process_group() -> None:
+    """Tear down torch.distributed if this process initialised it."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        try:
+            torch.distributed.destroy_process_group()
+        except Exception as exc:  # noqa: BLE001 - teardown must not mask the run's result
+            log.warning("failed to destroy the process group: %s", exc)
+
+
