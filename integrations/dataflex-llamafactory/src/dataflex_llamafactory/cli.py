@@ -83,6 +83,9 @@ def _cmd_train(ns: argparse.Namespace, argv: Sequence[str]) -> int:
 
     check_versions()
     run = load_run_config(ns.config, ns.overrides)  # validate before launching anything
+    from dataflex_llamafactory.workflow import preflight
+
+    preflight(run)
     if not _under_torchrun() and (_truthy("FORCE_TORCHRUN") or _device_count() > 1):
         return _torchrun(argv)
 

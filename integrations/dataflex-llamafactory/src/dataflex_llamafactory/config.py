@@ -187,9 +187,16 @@ def _parse_scalar(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        # YAML 1.1 reads "2e-4" as a string; LLaMA-Factory's own CLI (OmegaConf) reads a float.
+        try:
+            return float(value) if value.strip().lower() not in {"nan", "inf", "-inf", "infinity"} else value
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -226,6 +233,19 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return out
 
 
+def _load_yaml(path: Path) -> Any:
+    """Read YAML the way LLaMA-Factory does (OmegaConf: ``1e-3`` is a float, not a string)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError and friends from OmegaConf's loader
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+
+
 def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), raw: Mapping[str, Any] | None = None) -> RunConfig:
     """Load a run YAML, apply overrides, split off and validate the dataflex block.
 
@@ -234,7 +254,6 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), raw:
         overrides: ``key=value`` strings.
         raw: A config mapping instead of a file.
     """
-    import yaml
 
     cfg_path = Path(path).resolve() if path is not None else None
     if raw is None:
@@ -242,10 +261,7 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), raw:
             raise ConfigError("no config given: pass a YAML file.")
         if not cfg_path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist; check the path.")
-        try:
-            data = yaml.safe_load(cfg_path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        data = _load_yaml(cfg_path)
     else:
         data = copy.deepcopy(dict(raw))
     if data is None:

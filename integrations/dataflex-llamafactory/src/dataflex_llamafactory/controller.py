@@ -272,7 +272,12 @@ class MixController:
         if self.rank == 0:
             append_jsonl(self.log_path, [record])
         if self.trainer is not None:
+            # Trainer.log runs on_log callbacks, and DefaultFlowCallback.on_log clears
+            # should_log; keep the flag so the step's own loss logging still happens.
+            control = self.trainer.control
+            should_log = control.should_log
             self.trainer.log({f"dataflex/p/{d}": x for d, x in zip(self.domains, p, strict=True)})
+            control.should_log = should_log
         get_plugin_manager().hook.dataflex_on_update(
             step=step, kind="mixer", component=record["component"], decision=record["decision"]
         )

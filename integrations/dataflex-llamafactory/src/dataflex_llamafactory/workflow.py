@@ -21,7 +21,7 @@ from dataflex_core import ConfigError, DataError, atomic_write_json
 
 from dataflex_llamafactory.config import RunConfig
 
-__all__ = ["run_train", "prepare_lf_args", "check_datasets", "destroy_process_group"]
+__all__ = ["run_train", "prepare_lf_args", "preflight", "check_datasets", "destroy_process_group"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,28 @@ def prepare_lf_args(run: RunConfig) -> dict[str, Any]:
                 "`eval_dataset:` instead."
             )
     return args
+
+
+def _names(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value]
+    raise ConfigError(f"dataset names must be a comma-separated string or a list, got {value!r}.")
+
+
+def preflight(run: RunConfig) -> None:
+    """Cheap checks before anything heavy is imported or written: datasets exist and are non-empty."""
+    args = run.lf_args
+    dataset_dir = str(args.get("dataset_dir", "data"))
+    if dataset_dir == "ONLINE" or dataset_dir.startswith("REMOTE:"):
+        return
+    check_datasets(_names(args.get("dataset")), dataset_dir)
+    check_datasets(_names(args.get("eval_dataset")), dataset_dir, what="eval_dataset")
+    if run.dataflex.train_type != "static" and not _names(args.get("dataset")):
+        raise ConfigError("`dataset:` is empty; dynamic training needs at least one dataset (domain).")
 
 
 def check_datasets(names: list[str] | None, dataset_dir: str, what: str = "dataset") -> None:

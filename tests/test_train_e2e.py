@@ -1,0 +1,125 @@
+"""The quickstart path through LLaMA-Factory: train, checkpoint, resume with state restored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def small(quickstart):
+    def make(out: Path, **extra):
+        return _small(quickstart, out, **extra)
+
+    return make
+
+
+def _small(quickstart, out: Path, **extra):
+    # 2 + 3 * 4 = 14 steps, G = 4 * 2 = 8, checkpoints every 4 steps, gradient accumulation on.
+    return quickstart(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        save_steps=4,
+        logging_steps=1,
+        dataflex={"warmup_step": 2, "update_step": 3, "update_times": 4},
+        **extra,
+    )
+
+
+def decisions(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "dataflex" / "decisions.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> dict[int, float]:
+    state = json.loads((out / "trainer_state.json").read_text())
+    return {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
+
+
+def test_quickstart_trains_checkpoints_and_resumes_exactly(tmp_path, run_cli, write_config, small):
+    full = tmp_path / "full"
+    res = run_cli("train", str(write_config(small(full), "full.yaml")))
+    assert res.returncode == 0, res.stderr[-4000:]
+
+    # outputs: decisions log, plot, checkpoints with the DataFlex state
+    recs = decisions(full)
+    assert [r["step"] for r in recs] == [2, 5, 8, 11]
+    assert [r["decision"]["applies_from_step"] for r in recs] == [3, 6, 9, 12]
+    for r in recs:
+        p = r["decision"]["proportions"]
+        assert len(p) == 4 and abs(sum(p) - 1) < 1e-12 and min(p) >= 0
+        assert r["decision"]["domains"] == ["news", "wiki", "code", "math"]
+        # feedback came from real per-domain losses of the tiny model (about ln 2048 at start)
+        assert any(x is not None and 4.0 < x < 9.0 for x in r["feedback"]["domain_loss"])
+    assert len({tuple(r["decision"]["proportions"]) for r in recs}) == 4  # random: new draw each time
+    png = full / "dataflex" / "proportions.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for step in (4, 8, 12, 14):
+        state = json.loads((full / f"checkpoint-{step}" / "dataflex_state.json").read_text())
+        assert state["step"] == step and state["schema_version"] == 1
+        assert state["domain_names"] == ["news", "wiki", "code", "math"]
+        assert state["sampler"]["position"] == step * 8
+    mid = json.loads((full / "checkpoint-8" / "dataflex_state.json").read_text())
+    assert mid["update_count"] == 3  # updates at 2, 5, 8 happened before the save at 8
+    assert "tracker" not in mid
+    log_lines = (full / "trainer_log.jsonl").read_text()
+    assert "loss" in log_lines
+
+    # Resume from checkpoint-8 in a fresh folder that holds what a killed run would have left:
+    # the checkpoint and a decisions log that already ran past it.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-8", resumed / "checkpoint-8")
+    (resumed / "dataflex").mkdir()
+    shutil.copy(full / "dataflex" / "decisions.jsonl", resumed / "dataflex" / "decisions.jsonl")
+    cfg = small(resumed, resume_from_checkpoint=str(resumed / "checkpoint-8"), overwrite_output_dir=False)
+    res = run_cli("train", str(write_config(cfg, "resume.yaml")))
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "restored DataFlex state" in res.stderr + res.stdout
+
+    # Same decisions, same final component and sampler state, same losses after the resume point.
+    assert decisions(resumed) == recs
+    a = json.loads((full / "checkpoint-14" / "dataflex_state.json").read_text())
+    b = json.loads((resumed / "checkpoint-14" / "dataflex_state.json").read_text())
+    assert a["mixer"] == b["mixer"] and a["sampler"] == b["sampler"] and a["window_props"] == b["window_props"]
+    la, lb = losses(full), losses(resumed)
+    # steps 1-8 come from the checkpoint's trainer state; 9-14 were trained after the resume
+    assert sorted(lb) == sorted(la) == list(range(1, 15))
+    for step in range(9, 15):
+        assert lb[step] == pytest.approx(la[step], rel=1e-5), step
+
+
+def test_static_train_type_runs_plain_llamafactory(tmp_path, run_cli, write_config, small):
+    cfg = small(tmp_path / "static", max_steps=3)
+    cfg["dataflex"] = {"train_type": "static"}
+    res = run_cli("train", str(write_config(cfg)))
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (tmp_path / "static" / "model.safetensors").exists()
+    assert not (tmp_path / "static" / "dataflex").exists()
+
+
+def test_sft_stage_with_static_mix(tmp_path, run_cli, write_config, small):
+    cfg = small(
+        tmp_path / "sft",
+        stage="sft",
+        dataset="sft_news,sft_code,sft_math",
+    )
+    cfg["dataflex"] = {
+        "train_type": "dynamic_mix",
+        "static_mix": True,
+        "update_step": 1,
+        "update_times": 6,
+        "init_mixture_proportions": [0.5, 0.5, 0.0],
+    }
+    res = run_cli("train", str(write_config(cfg)))
+    assert res.returncode == 0, res.stderr[-4000:]
+    state = json.loads((tmp_path / "sft" / "checkpoint-4" / "dataflex_state.json").read_text())
+    assert state["window_props"] == {"0": [0.5, 0.5, 0.0]}
+    assert state["mixer"] is None
+    # the math domain (proportion 0) never gave a training row
+    assert state["sampler"]["window"]["domain_pos"][2] == 0
