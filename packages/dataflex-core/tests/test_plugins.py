@@ -473,3 +473,19 @@ def test_import_has_no_side_effects() -> None:
     # The autouse fixture reset the caches; nothing discovers plugins until asked.
     assert plugins_mod._default is None
     assert registry_mod._default is None
+
+
+def test_misspelt_hook_is_rejected_in_process() -> None:
+    import pytest
+    from dataflex_core import PluginError, hookimpl
+    from dataflex_core.plugins import DataflexPluginManager
+
+    class Typo:
+        @hookimpl
+        def dataflex_on_updat(self, step: int) -> None:  # misspelt: would silently never run
+            pass
+
+    pm = DataflexPluginManager()
+    with pytest.raises(PluginError, match="unknown hook.*dataflex_on_updat"):
+        pm.register_plugin(Typo(), name="typo")
+    assert not pm.has_plugin("typo")

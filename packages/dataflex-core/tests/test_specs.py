@@ -100,6 +100,9 @@ class OnesWeighter:
     def weigh(self, feedback: WeightFeedback) -> Any:
         return [1.0 for _ in feedback.losses]
 
+    def objective(self, feedback: WeightFeedback, weights: Any) -> Any:
+        return sum(w * x for w, x in zip(weights, feedback.losses)) / len(weights)
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

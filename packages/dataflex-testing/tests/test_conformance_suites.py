@@ -142,6 +142,10 @@ class ToyWeighter:
         w = np.where(ok, 1.0 / (1.0 + np.where(ok, losses, 0.0)), 0.0)
         return w
 
+    def objective(self, feedback: WeightFeedback, weights: np.ndarray) -> float:
+        losses = np.asarray(feedback.losses, dtype=np.float64)
+        return float(np.sum(np.where(weights > 0, weights * np.nan_to_num(losses), 0.0)))
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

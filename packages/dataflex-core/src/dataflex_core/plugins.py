@@ -144,15 +144,43 @@ class DataflexPluginManager(pluggy.PluginManager):
                     exc,
                 )
                 continue
+            unknown = self.unknown_hooks(ep.name)
+            if unknown:
+                self.unregister(name=ep.name)
+                self._skip(
+                    PluginInfo(
+                        **{**base.__dict__, "error": (
+                            f"DataFlex plugin {ep.name!r} from distribution {dist} {version} "
+                            f"implements unknown hook(s) {', '.join(unknown)}; they would never "
+                            "run. It was skipped; check the names against the hooks reference."
+                        )}
+                    ),
+                    PluginError(", ".join(unknown)),
+                )
+                continue
             self.infos[ep.name] = PluginInfo(ep.name, dist, version, ep.value, loaded=True)
             count += 1
         return count
+
+    def unknown_hooks(self, plugin_name: str) -> list[str]:
+        """Hook implementations of ``plugin_name`` that match no hookspec (e.g. a misspelling)."""
+        plugin = self.get_plugin(plugin_name)
+        if plugin is None:
+            return []
+        return sorted(hc.name for hc in (self.get_hookcallers(plugin) or []) if hc.spec is None)
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> str:
         """Register an in-process plugin (tests, notebooks); returns its name."""
         registered = self.register(plugin, name=name)
         if registered is None:
             raise PluginError(f"plugin {name!r} is blocked (DATAFLEX_DISABLE_PLUGINS?).")
+        unknown = self.unknown_hooks(registered)
+        if unknown:
+            self.unregister(name=registered)
+            raise PluginError(
+                f"plugin {registered!r} implements unknown hook(s) {', '.join(unknown)}; check "
+                "the names against the hooks reference."
+            )
         self.infos[registered] = PluginInfo(registered, "(in-process)", "", repr(plugin), True)
         return registered
 

@@ -53,3 +53,14 @@ class Weighter(Stateful, Protocol):
     def weigh(self, feedback: WeightFeedback) -> Any:
         """Return detached, non-negative weights of the same type and length as the losses."""
         ...
+
+    def objective(self, feedback: WeightFeedback, weights: Any) -> Any:
+        """This rank's share ``J_r`` of the micro-batch objective, ``J_mu = sum_r J_r``.
+
+        Built from ``feedback.losses`` (keeping their graph) and the detached ``weights``, with
+        the weighter's own normalisation over the global micro-batch (e.g. the sample mean
+        divides by ``|B_mu|``, not by the local size). The integration multiplies by the world
+        size to undo DDP/ZeRO gradient averaging and lets the trainer divide by gradient
+        accumulation, so the applied gradient equals the gradient of ``J``.
+        """
+        ...

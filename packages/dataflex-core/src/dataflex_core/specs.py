@@ -119,11 +119,19 @@ class ComponentContext:
 
 @dataclass(frozen=True)
 class MixFeedback:
-    """Per-domain training signals of one optimizer step, already all-reduced over ranks.
+    """Per-domain training signals since the last update, already all-reduced over ranks.
 
-    Sequences have one entry per domain, in config order. Per-sample fields are optional and, if
-    given, cover the whole global batch (gathered), with ``sample_domains[i]`` the domain of
-    sample ``i`` (never the batch's first sample's domain).
+    Sequences have one entry per domain, in config order:
+
+    * ``loss_sum[k]``: sum over supervised tokens of domain ``k`` of the token cross-entropy;
+    * ``token_count[k]``: number of those tokens; ``sample_count[k]``: number of samples;
+    * ``sample_loss_sum[k]``: sum of the per-sample token-mean losses ``l_i`` of domain ``k``;
+    * ``excess_loss_sum[k]``: DoReMi's sum over tokens of ``max(l_t - l_ref_t, 0)``;
+    * ``eval_loss[k]``: token-mean loss on domain ``k``'s fixed eval set (Aioli), if measured.
+
+    Per-sample fields are optional and, if given, cover the whole global batch (gathered), with
+    ``sample_domains[i]`` the domain of sample ``i`` (never the batch's first sample's domain).
+    ``extras`` carries model-specific signals by name (e.g. ``"gate_loads"`` for dynamic_moe).
     """
 
     step: int
@@ -134,6 +142,8 @@ class MixFeedback:
     excess_loss_sum: Sequence[float] | None = None
     sample_losses: Sequence[float] | None = None
     sample_domains: Sequence[int] | None = None
+    eval_loss: Sequence[float] | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,8 +181,13 @@ class SelectRequest:
 class WeightFeedback:
     """Per-sample signals of one micro-batch for a weighter (spec §4.0).
 
-    ``losses`` keeps its type (numpy array or torch tensor on the loss's device); the weighter
-    returns weights of the same type and length.
+    Local fields describe this rank's micro-batch; ``losses`` keeps its type (numpy array or a
+    torch tensor on the loss's device, possibly with grad: weighters must not backpropagate
+    through their weights). Global fields describe the global micro-batch ``B_mu`` (all ranks,
+    gathered, detached); this rank's samples are ``global_*[local_offset : local_offset + n]``.
+    With one process the global fields may be None and mean "same as local".
+
+    A weighter returns detached local weights of the same type and length as ``losses``.
     """
 
     step: int
@@ -180,3 +195,9 @@ class WeightFeedback:
     token_counts: Any = None
     domains: Any = None
     valid: Any = None
+    global_losses: Any = None
+    global_valid: Any = None
+    global_token_counts: Any = None
+    local_offset: int = 0
+    world_size: int = 1
+    embeddings: Any = None

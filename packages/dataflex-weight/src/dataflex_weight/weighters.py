@@ -40,6 +40,30 @@ def _check_length(n_valid: int, n: int) -> None:
         )
 
 
+def mean_objective(feedback: WeightFeedback, weights: Any) -> Any:
+    """``sum_{i local} w_i l_i / |B_mu|``: this rank's share of the global sample mean.
+
+    ``|B_mu|`` counts the valid samples of the global micro-batch (all ranks); invalid samples
+    and zero weights contribute nothing (their NaN losses are masked, not multiplied).
+    """
+    losses = feedback.losses
+    gvalid = feedback.global_valid if feedback.global_valid is not None else feedback.valid
+    if is_torch_tensor(losses):
+        import torch
+
+        w = torch.as_tensor(weights, dtype=losses.dtype, device=losses.device).detach()
+        if gvalid is None:
+            n = int(torch.isfinite(losses.detach()).sum().item())
+        else:
+            n = int(torch.as_tensor(gvalid, dtype=torch.bool).sum().item())
+        safe = torch.where(w > 0, losses, torch.zeros_like(losses))
+        return (w * safe).sum() / max(n, 1)
+    arr = np.asarray(losses, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    n = int(np.isfinite(arr).sum()) if gvalid is None else int(np.asarray(gvalid, dtype=bool).sum())
+    return float(np.sum(np.where(w > 0, w * np.where(np.isfinite(arr), arr, 0.0), 0.0)) / max(n, 1))
+
+
 def uniform_weights(feedback: WeightFeedback) -> Any:
     """Ones shaped like ``feedback.losses``; 0 where invalid or where the loss is not finite.
 
@@ -106,6 +130,10 @@ class UniformWeighter:
     def weigh(self, feedback: WeightFeedback) -> Any:
         """Return detached weights of the same type, device and length as ``feedback.losses``."""
         return uniform_weights(feedback)
+
+    def objective(self, feedback: WeightFeedback, weights: Any) -> Any:
+        """This rank's share of the sample-mean objective ``(1/|B_mu|) sum_i w_i l_i``."""
+        return mean_objective(feedback, weights)
 
     def state_dict(self) -> dict[str, Any]:
         """The uniform weighter has no state (spec §5.5): an empty dict."""
