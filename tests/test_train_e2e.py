@@ -21,15 +21,16 @@ def small(quickstart):
 
 def _small(quickstart, out: Path, **extra):
     # 2 + 3 * 4 = 14 steps, G = 4 * 2 = 8, checkpoints every 4 steps, gradient accumulation on.
-    return quickstart(
-        output_dir=str(out),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        save_steps=4,
-        logging_steps=1,
-        dataflex={"warmup_step": 2, "update_step": 3, "update_times": 4},
-        **extra,
-    )
+    base = {
+        "output_dir": str(out),
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "save_steps": 4,
+        "logging_steps": 1,
+        "dataflex": {"warmup_step": 2, "update_step": 3, "update_times": 4},
+    }
+    base.update(extra)
+    return quickstart(**base)
 
 
 def decisions(out: Path) -> list[dict]:
@@ -123,3 +124,33 @@ def test_sft_stage_with_static_mix(tmp_path, run_cli, write_config, small):
     assert state["mixer"] is None
     # the math domain (proportion 0) never gave a training row
     assert state["sampler"]["window"]["domain_pos"][2] == 0
+
+
+def test_dynamic_weight_uniform_equals_unweighted_training(tmp_path, run_cli, write_config, small):
+    """Uniform weights from step 0 against the trainer's own loss (burn-in for the whole run).
+
+    Packed pt rows all hold cutoff_len = 128 tokens, so the sample mean of per-sample token
+    means equals the token mean. transformers 5 divides by the number of *unshifted* labels
+    (128 per row, one more than the 127 predicted tokens), so its loss is exactly 127/128 of the
+    true token mean; Adam is invariant to that constant factor, so the two runs coincide.
+    """
+    outs = {}
+    for name, warmup in (("weighted", 0), ("standard", 1000)):
+        out = tmp_path / name
+        cfg = small(out, max_steps=6, save_steps=3)
+        cfg["dataflex"] = {"train_type": "dynamic_weight", "component_name": "uniform", "warmup_step": warmup}
+        res = run_cli("train", str(write_config(cfg, f"{name}.yaml")))
+        assert res.returncode == 0, res.stderr[-4000:]
+        outs[name] = losses(out)
+    assert sorted(outs["weighted"]) == list(range(1, 7))
+    for step in range(1, 7):
+        assert outs["weighted"][step] * 127 / 128 == pytest.approx(outs["standard"][step], rel=2e-5), step
+    recs = decisions(tmp_path / "weighted")
+    stats = [r for r in recs if r["kind"] == "weighter" and r["step"] > 0]
+    assert [r["step"] for r in stats] == list(range(1, 7))
+    for r in stats:
+        assert r["decision"]["min"] == r["decision"]["max"] == 1.0
+        assert r["decision"]["samples"] == 8  # G = 4 x 2 rows weighted per step
+    state = json.loads((tmp_path / "weighted" / "checkpoint-3" / "dataflex_state.json").read_text())
+    assert state["train_type"] == "dynamic_weight" and state["step"] == 3
+    assert not (tmp_path / "standard" / "dataflex" / "decisions.jsonl").exists()  # never weighted

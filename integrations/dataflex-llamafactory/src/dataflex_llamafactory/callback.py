@@ -8,11 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dataflex_core import atomic_write_json, get_plugin_manager
+from dataflex_core import get_plugin_manager
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from dataflex_llamafactory.controller import MixController
 
 __all__ = ["DataflexCallback"]
 
@@ -22,7 +21,7 @@ log = logging.getLogger(__name__)
 class DataflexCallback(TrainerCallback):
     """Steps the controller after every optimizer step and saves/restores its state."""
 
-    def __init__(self, controller: MixController, run_info: dict[str, Any]) -> None:
+    def __init__(self, controller: Any, run_info: dict[str, Any]) -> None:
         self.controller = controller
         self.run_info = run_info
 
@@ -47,17 +46,7 @@ class DataflexCallback(TrainerCallback):
         self.controller.save(ckpt, state.global_step)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        c = self.controller
-        if c.cfg.check_state_consistency:
-            out = Path(args.output_dir) / "dataflex" / f"final_state_rank{c.rank}.json"
-            atomic_write_json(out, {"mixer": c.mixer.state_dict() if c.mixer else None,
-                                    "window_props": {str(k): v for k, v in sorted(c.window_props.items())}})
-        if c.rank == 0 and c.cfg.plot and c.log_path.exists():
-            from dataflex_llamafactory.plotting import plot_proportions
-
-            plot_proportions(c.log_path, Path(args.output_dir) / "dataflex" / "proportions.png",
-                             total_steps=c.total_steps, initial=c.initial, domains=c.domains,
-                             warmup_applies=0 not in c.update_steps)
+        self.controller.finish(args.output_dir)
         get_plugin_manager().hook.dataflex_on_train_end(step=state.global_step, run=self.run_info)
 
     @staticmethod

@@ -293,6 +293,29 @@ class MixController:
                 "feedback was not all-reduced identically (report this as a bug)."
             )
 
+    def describe(self) -> dict[str, Any]:
+        """Facts of the run for ``dataflex/effective_config.json``."""
+        return {
+            "domains": self.domains,
+            "domain_sizes": self.domain_sizes,
+            "samples_per_step": self.G,
+            "total_steps": self.total_steps,
+            "update_steps": self.update_steps,
+            "window_starts": self.window_starts,
+        }
+
+    def finish(self, output_dir: str | Path) -> None:
+        """End of training: per-rank final state (consistency checks) and the proportions plot."""
+        if self.cfg.check_state_consistency:
+            out = Path(output_dir) / "dataflex" / f"final_state_rank{self.rank}.json"
+            atomic_write_json(out, {"mixer": self.mixer.state_dict() if self.mixer else None,
+                                    "window_props": {str(k): v for k, v in sorted(self.window_props.items())}})
+        if self.rank == 0 and self.cfg.plot and self.log_path.exists():
+            from dataflex_llamafactory.plotting import plot_proportions
+
+            plot_proportions(self.log_path, Path(output_dir) / "dataflex" / "proportions.png",
+                             total_steps=self.total_steps, initial=self.initial, domains=self.domains)
+
     # ------------------------------------------------------------------ state
     def state_dict(self, step: int) -> dict[str, Any]:
         """Everything needed to resume at ``step`` completed steps."""

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["plot_proportions"]
+__all__ = ["plot_proportions", "plot_weight_stats"]
 
 
 def plot_proportions(
@@ -18,7 +18,6 @@ def plot_proportions(
     total_steps: int,
     initial: Sequence[float],
     domains: Sequence[str],
-    warmup_applies: bool = True,
 ) -> Path:
     """Stacked step plot of the domain proportions in force at each training step."""
     import matplotlib
@@ -67,3 +66,50 @@ def plot_proportions(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+def _save_atomic(fig: object, out_png: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)  # type: ignore[attr-defined]
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)  # type: ignore[arg-type]
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def plot_weight_stats(decisions_log: str | Path, out_png: str | Path) -> Path | None:
+    """Min / mean / max of the sample weights and the per-domain mean weight over the steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(ln) for ln in Path(decisions_log).read_text().splitlines() if ln.strip()]
+    records = [r for r in records if r.get("kind") == "weighter" and r["step"] >= 0]
+    if not records:
+        return None
+    steps = [r["step"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("min", "mean", "max"):
+        ax1.plot(steps, [r["decision"][key] for r in records], label=key)
+    ax1.set_xlabel("optimizer step")
+    ax1.set_ylabel("sample weight")
+    ax1.set_title("weight distribution")
+    ax1.legend()
+    domains = list(records[0]["decision"]["by_domain"])
+    for d in domains:
+        ax2.plot(steps, [r["decision"]["by_domain"].get(d) for r in records], label=d)
+    ax2.set_xlabel("optimizer step")
+    ax2.set_ylabel("mean weight")
+    ax2.set_title("mean weight by domain")
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return _save_atomic(fig, out_png)

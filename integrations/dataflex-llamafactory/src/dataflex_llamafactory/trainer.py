@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from dataflex_core import DataError
 from dataflex_ops.loss import per_sample_loss
 from llamafactory.train.pt.trainer import CustomTrainer
 from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
@@ -45,23 +46,57 @@ class DataflexTrainerMixin:
     dataflex_controller: Any = None
 
     def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
-        if self.dataflex_controller is not None:
-            return self.dataflex_controller.sampler
+        controller = self.dataflex_controller
+        if controller is not None and controller.sampler is not None:
+            return controller.sampler
         return super()._get_train_sampler(*args, **kwargs)  # type: ignore[misc]
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         domain_ids = inputs.pop(DOMAIN_KEY, None)
         controller = self.dataflex_controller
         if controller is None or domain_ids is None or not model.training:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)  # type: ignore[misc]
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)  # type: ignore[misc]
+            return super().compute_loss(  # type: ignore[misc]
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch, **kwargs
+            )
+        step = self.state.global_step  # type: ignore[attr-defined]
         labels = inputs.get("labels")
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        if labels is not None and logits is not None:
-            with torch.no_grad():
-                values, valid = per_sample_loss(logits.detach(), labels)
-                tokens = (labels[:, 1:] != -100).sum(dim=1)
-            controller.record(domain_ids, torch.where(valid, values, torch.full_like(values, float("nan"))), tokens)
+        if hasattr(controller, "weighted_loss") and controller.active(step):
+            if labels is None:
+                raise DataError("dynamic_weight needs `labels` in the batch to compute per-sample losses.")
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+            values, valid = per_sample_loss(logits, labels)
+            tokens = (labels[:, 1:] != -100).sum(dim=1)
+            divides = (
+                not self.model_accepts_loss_kwargs or num_items_in_batch is None  # type: ignore[attr-defined]
+            ) and self.compute_loss_func is None  # type: ignore[attr-defined]
+            loss = controller.weighted_loss(
+                step=step,
+                losses=values,
+                valid=valid,
+                tokens=tokens,
+                domain_ids=domain_ids,
+                trainer_divides_by_ga=divides,
+                grad_accum=self.args.gradient_accumulation_steps,  # type: ignore[attr-defined]
+            )
+            return (loss, outputs) if return_outputs else loss
+        loss, outputs = super().compute_loss(  # type: ignore[misc]
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch, **kwargs
+        )
+        if hasattr(controller, "record"):
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+            if labels is not None and logits is not None:
+                with torch.no_grad():
+                    values, valid = per_sample_loss(logits.detach(), labels)
+                    tokens = (labels[:, 1:] != -100).sum(dim=1)
+                controller.record(domain_ids, torch.where(valid, values, torch.full_like(values, float("nan"))), tokens)
         return (loss, outputs) if return_outputs else loss
 
 

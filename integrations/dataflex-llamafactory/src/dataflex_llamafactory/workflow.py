@@ -36,7 +36,7 @@ def prepare_lf_args(run: RunConfig) -> dict[str, Any]:
     model = args.get("model_name_or_path")
     if isinstance(model, str):
         args["model_name_or_path"] = resolve_model(model)
-    if run.dataflex.train_type != "static":
+    if run.dataflex.train_type in ("dynamic_mix", "dynamic_select"):
         if args.get("ignore_data_skip") is False:
             raise ConfigError(
                 "ignore_data_skip: false conflicts with dynamic training: DataFlex restores the "
@@ -144,6 +144,42 @@ def _domain_datasets(template: Any, model_args: Any, data_args: Any, training_ar
     return concatenate_datasets(parts), names, sizes, fingerprint
 
 
+def _mix_controller(run: RunConfig, training_args: Any, domains: list[str], sizes: list[int], fingerprint: str) -> Any:
+    from dataflex_llamafactory.controller import MixController
+
+    df = run.dataflex
+    G = (
+        training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * training_args.world_size
+    )
+    total = df.schedule().mix_total_steps(df.train_step, sum(sizes), G, training_args.num_train_epochs)
+    if training_args.max_steps > 0 and training_args.max_steps != total:
+        raise ConfigError(
+            f"max_steps: {training_args.max_steps} conflicts with the DataFlex schedule, which "
+            f"gives {total} steps (warmup_step {df.warmup_step} + update_step {df.update_step} "
+            f"x update_times {df.update_times}, or train_step); set only one of them."
+        )
+    if total < 1:
+        raise ConfigError(f"the schedule gives {total} training steps; set update_times >= 1 or train_step > 0.")
+    training_args.max_steps = total
+    controller = MixController(
+        run,
+        domains=domains,
+        domain_sizes=sizes,
+        samples_per_step=G,
+        total_steps=total,
+        seed=training_args.seed,
+        output_dir=training_args.output_dir,
+        fingerprint=fingerprint,
+    )
+    log.info(
+        "DataFlex %s: domains %s (rows %s), G=%d, %d steps, updates at %s",
+        df.train_type, domains, sizes, G, total, controller.update_steps[:10],
+    )
+    return controller
+
+
 def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: Any = None) -> Any:
     """Run one training job; returns the trainer.
 
@@ -159,7 +195,7 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
     from llamafactory.train.callbacks import LogCallback, ReporterCallback
 
     from dataflex_llamafactory.callback import DataflexCallback
-    from dataflex_llamafactory.controller import MixController
+    from dataflex_llamafactory.weighting import WeightController
     from dataflex_llamafactory.trainer import DataflexPtTrainer, DataflexSftTrainer, DomainCollator
 
     df = run.dataflex
@@ -173,11 +209,11 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
         raise ConfigError(f"stage {stage!r} is not supported by dataflex-cli; use one of {SUPPORTED_STAGES}.")
     if not training_args.do_train:
         raise ConfigError("do_train is false: `dataflex-cli train` trains; set do_train: true.")
-    if df.train_type in ("dynamic_select", "dynamic_weight"):
+    if df.train_type == "dynamic_select":
         raise ConfigError(
-            f"train_type {df.train_type!r} is not available in this release of "
-            "dataflex-llamafactory (only 'static' and 'dynamic_mix'); its components are usable "
-            "standalone from dataflex-select / dataflex-weight."
+            "train_type 'dynamic_select' is not available in this release of "
+            "dataflex-llamafactory (only 'static', 'dynamic_mix' and 'dynamic_weight'); the "
+            "selectors are usable standalone from dataflex-select."
         )
     check_datasets(data_args.dataset, data_args.dataset_dir)
     check_datasets(data_args.eval_dataset, data_args.dataset_dir, what="eval_dataset")
@@ -204,49 +240,35 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
             ev = get_dataset(template, model_args, eargs, training_args, stage=stage, **tokenizer_module)
             if ev.get("eval_dataset") is not None:
                 dataset_module["eval_dataset"] = ev["eval_dataset"]
-        G = (
-            training_args.per_device_train_batch_size
-            * training_args.gradient_accumulation_steps
-            * training_args.world_size
-        )
-        schedule = df.schedule()
-        total = schedule.mix_total_steps(df.train_step, sum(sizes), G, training_args.num_train_epochs)
-        if training_args.max_steps > 0 and training_args.max_steps != total:
-            raise ConfigError(
-                f"max_steps: {training_args.max_steps} conflicts with the DataFlex schedule, which "
-                f"gives {total} steps (warmup_step {df.warmup_step} + update_step {df.update_step} "
-                f"x update_times {df.update_times}, or train_step); set only one of them."
-            )
-        if total < 1:
-            raise ConfigError(
-                f"the schedule gives {total} training steps; set update_times >= 1 or train_step > 0."
-            )
-        training_args.max_steps = total
-        controller = MixController(
-            run,
-            domains=domains,
-            domain_sizes=sizes,
-            samples_per_step=G,
-            total_steps=total,
-            seed=training_args.seed,
-            output_dir=training_args.output_dir,
-            fingerprint=fingerprint,
-        )
         run_info = {
             "output_dir": training_args.output_dir,
             "train_type": df.train_type,
             "component": run.component.entry if run.component else None,
             "domains": domains,
             "seed": training_args.seed,
-            "max_steps": total,
-            "rank": controller.rank,
-            "world_size": controller.world_size,
         }
+        if df.train_type == "dynamic_weight":
+            if df.train_step > 0:
+                if training_args.max_steps > 0 and training_args.max_steps != df.train_step:
+                    raise ConfigError(
+                        f"max_steps: {training_args.max_steps} conflicts with train_step: "
+                        f"{df.train_step}; set only one of them."
+                    )
+                training_args.max_steps = df.train_step
+            controller = WeightController(
+                run,
+                domains=domains,
+                seed=training_args.seed,
+                output_dir=training_args.output_dir,
+                logging_steps=int(training_args.logging_steps) if training_args.logging_steps >= 1 else 1,
+            )
+            run_info.update(max_steps=training_args.max_steps, rank=controller.rank, world_size=controller.world_size)
+            log.info("DataFlex dynamic_weight: domains %s (rows %s), weighting from step %d",
+                     domains, sizes, df.warmup_step)
+        else:
+            controller = _mix_controller(run, training_args, domains, sizes, fingerprint)
+            run_info.update(max_steps=controller.total_steps, rank=controller.rank, world_size=controller.world_size)
         all_callbacks.insert(0, DataflexCallback(controller, run_info))
-        log.info(
-            "DataFlex %s: domains %s (rows %s), G=%d, %d steps, updates at %s",
-            df.train_type, domains, sizes, G, total, controller.update_steps[:10],
-        )
 
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
     if stage == "pt":
@@ -294,10 +316,7 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
         if training_args.should_save:
             atomic_write_json(
                 Path(training_args.output_dir) / "dataflex" / "effective_config.json",
-                {**run.effective(), "hash": run.effective_hash(), "domains": controller.domains,
-                 "domain_sizes": controller.domain_sizes, "samples_per_step": controller.G,
-                 "total_steps": controller.total_steps, "update_steps": controller.update_steps,
-                 "window_starts": controller.window_starts},
+                {**run.effective(), "hash": run.effective_hash(), **controller.describe()},
             )
     if on_started is not None:
         on_started()

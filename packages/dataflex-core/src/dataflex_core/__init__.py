@@ -14,7 +14,7 @@ from dataflex_core.errors import (
     PluginError,
     StateError,
 )
-from dataflex_core.io import append_jsonl, atomic_write_json, atomic_write_text
+from dataflex_core.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from dataflex_core.markers import hookimpl, hookspec
 from dataflex_core.plugins import (
     DataflexPluginManager,
@@ -73,5 +73,6 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "parse_config",
+    "read_jsonl",
     "reset_plugin_manager",
 ]

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "append_jsonl"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "append_jsonl", "read_jsonl"]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -43,12 +43,38 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 
 def append_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> Path:
-    """Append records to a JSONL file by rewriting it atomically.
+    """Append records to a JSONL file: one ``write`` of whole lines, flushed and fsynced.
 
-    The file is small (one line per decision), so a rewrite keeps every line whole even if the
-    writer is killed: readers see either the old lines or the old lines plus the new ones.
+    All records are serialised first (a NaN anywhere rejects the whole call and leaves the file
+    as it was). Appending costs O(new lines), so a log of every step stays cheap. A writer
+    killed mid-write can leave at most one torn last line without a newline; :func:`read_jsonl`
+    ignores it, and a later append starts on a fresh line.
     """
     target = Path(path)
-    old = target.read_bytes() if target.exists() else b""
     new = "".join(json.dumps(dict(r), sort_keys=True, allow_nan=False) + "\n" for r in records)
-    return atomic_write_bytes(target, old + new.encode("utf-8"))
+    if not new:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "ab+") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":  # a torn line from a killed writer: end it
+                new = "\n" + new
+        fh.write(new.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return target
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a JSONL file written by :func:`append_jsonl`, skipping torn (unparsable) lines."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
