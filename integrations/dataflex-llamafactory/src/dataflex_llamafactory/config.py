@@ -91,6 +91,7 @@ class DataflexConfig:
     mixture_sample_rule: Literal["mixture", "stratified", "uniform"] = "mixture"
     mixture_order: Literal["shuffle", "blend"] = "shuffle"
     within_domain: Literal["permutation", "with_replacement"] = "permutation"
+    batch_composition: Literal["mixed", "pure_micro_batch", "pure_global_batch"] = "mixed"
     plot: bool = True
     check_state_consistency: bool = False
 
@@ -285,6 +286,8 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), raw:
     if flat:
         log.info("accepted the predecessor's flat keys %s as dataflex settings", sorted(flat))
     df = parse_config(DataflexConfig, block, where="the dataflex block")
+    if df.train_type == "dynamic_weight" and "update_step" in block:
+        log.warning("update_step is ignored for train_type 'dynamic_weight': weighting applies every step.")
     run = RunConfig(dataflex=df, lf_args=data, config_path=cfg_path)
     if df.kind is not None:
         run.component = resolve_component(df, cfg_path.parent if cfg_path else Path.cwd())

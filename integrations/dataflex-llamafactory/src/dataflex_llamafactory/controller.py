@@ -82,6 +82,7 @@ class MixController:
         seed: int,
         output_dir: str,
         fingerprint: str = "",
+        micro_batch_size: int | None = None,
     ) -> None:
         self.run = run
         self.cfg = run.dataflex
@@ -115,6 +116,16 @@ class MixController:
                 "mixer", run.component.type, context=ctx, **run.component.params
             )
         self.initial = self._initial_proportions()
+        composition = self.cfg.batch_composition
+        arm_unit = getattr(self.mixer, "arm_unit", None)
+        if arm_unit is not None:
+            implied = {"micro_batch": "pure_micro_batch", "global_batch": "pure_global_batch", "mixed": "mixed"}[arm_unit]
+            if composition not in ("mixed", implied):
+                raise DataError(
+                    f"batch_composition {composition!r} conflicts with the mixer's arm_unit "
+                    f"{arm_unit!r} (which needs {implied!r}); remove batch_composition."
+                )
+            composition = implied
         # Window u starts at window_starts[u]; its proportions are window_props[u] once decided.
         updates = [s for s in range(self.total_steps) if self.schedule.is_update(s)] if self.mixer else []
         starts = {0}
@@ -140,6 +151,8 @@ class MixController:
             mixture_order=self.cfg.mixture_order,
             within_domain=self.cfg.within_domain,
             domain_names=self.domains,
+            batch_composition=composition,
+            micro_batch_size=micro_batch_size,
         )
         self.log_path = self.output_dir / "dataflex" / "decisions.jsonl"
         self.trainer: Any = None
@@ -218,12 +231,15 @@ class MixController:
         if self.world_size > 1:
             torch.distributed.all_reduce(stacked, op=torch.distributed.ReduceOp.SUM)
         arr = stacked.cpu().numpy()
+        # Proportions the feedback's rows were drawn with: those of the window of the last step.
+        used = self.window_props.get(self.sampler.window_of_step(max(step - 1, 0)))
         return MixFeedback(
             step=step,
             loss_sum=arr[0].tolist(),
             token_count=arr[1].tolist(),
             sample_count=arr[2].tolist(),
             sample_loss_sum=arr[3].tolist(),
+            extras={"proportions_used": used},
         )
 
     # ------------------------------------------------------------------ schedule

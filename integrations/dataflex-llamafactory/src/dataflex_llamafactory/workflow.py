@@ -172,6 +172,7 @@ def _mix_controller(run: RunConfig, training_args: Any, domains: list[str], size
         seed=training_args.seed,
         output_dir=training_args.output_dir,
         fingerprint=fingerprint,
+        micro_batch_size=training_args.per_device_train_batch_size,
     )
     log.info(
         "DataFlex %s: domains %s (rows %s), G=%d, %d steps, updates at %s",

@@ -51,6 +51,11 @@ class MixtureSampler:
             Default: one window over the whole run.
         seed: Base seed of every derived generator.
         mixture_order: ``"shuffle"`` (default) or ``"blend"``.
+        batch_composition: ``"mixed"`` (default: a window's rows are mixed as above),
+            ``"pure_micro_batch"`` (every run of ``micro_batch_size`` rows, i.e. one micro-batch
+            of one rank, comes from one domain drawn from the window's proportions with the
+            window's generator: ODM's arms) or ``"pure_global_batch"`` (one domain per step).
+        micro_batch_size: Rows of one micro-batch on one rank (``pure_micro_batch`` only).
         within_domain: ``"permutation"`` (default) or ``"with_replacement"``.
         domain_names: Names for messages and state checks (default ``domain0..``).
     """
@@ -67,6 +72,8 @@ class MixtureSampler:
         mixture_order: Literal["shuffle", "blend"] = "shuffle",
         within_domain: Literal["permutation", "with_replacement"] = "permutation",
         domain_names: Sequence[str] | None = None,
+        batch_composition: Literal["mixed", "pure_micro_batch", "pure_global_batch"] = "mixed",
+        micro_batch_size: int | None = None,
     ) -> None:
         sizes = [int(s) for s in domain_sizes]
         if not sizes:
@@ -96,6 +103,23 @@ class MixtureSampler:
             raise ConfigError(
                 f"within_domain must be 'permutation' or 'with_replacement', got {within_domain!r}."
             )
+        if batch_composition not in ("mixed", "pure_micro_batch", "pure_global_batch"):
+            raise ConfigError(
+                "batch_composition must be 'mixed', 'pure_micro_batch' or 'pure_global_batch', "
+                f"got {batch_composition!r}."
+            )
+        if batch_composition == "pure_micro_batch":
+            if micro_batch_size is None or micro_batch_size < 1 or samples_per_step % micro_batch_size:
+                raise ConfigError(
+                    f"pure_micro_batch needs micro_batch_size dividing samples_per_step "
+                    f"({samples_per_step}), got {micro_batch_size!r}."
+                )
+        self.batch_composition = batch_composition
+        self.unit = (
+            int(micro_batch_size) if batch_composition == "pure_micro_batch"  # type: ignore[arg-type]
+            else int(samples_per_step) if batch_composition == "pure_global_batch"
+            else 1
+        )
         self.sizes = sizes
         self.offsets = [0]
         for s in sizes[:-1]:
@@ -172,6 +196,12 @@ class MixtureSampler:
     def _build_window(self, u: int, proportions: np.ndarray) -> np.ndarray:
         start, end = self._window_bounds(u)
         n = end - start
+        if self.batch_composition != "mixed":
+            # One domain per unit (micro-batch or step), drawn from p by the window's generator;
+            # rows of a unit walk that domain's permutation.
+            rng = np.random.Generator(np.random.PCG64(derive(self.seed, "units", u)))
+            units = rng.choice(len(self.sizes), size=n // self.unit, p=proportions)
+            return np.concatenate([self._take(int(k), self.unit, u) for k in units]).astype(np.int64)
         if self.mixture_order == "blend":
             domains, _ = blend_indices(proportions, n)
             counts = np.bincount(domains, minlength=len(self.sizes))
@@ -250,6 +280,8 @@ class MixtureSampler:
             "seed": self.seed,
             "mixture_order": self.mixture_order,
             "within_domain": self.within_domain,
+            "batch_composition": self.batch_composition,
+            "unit": self.unit,
             "position": pos,
             "window": None,
         }
@@ -286,6 +318,8 @@ class MixtureSampler:
             "seed": self.seed,
             "mixture_order": self.mixture_order,
             "within_domain": self.within_domain,
+            "batch_composition": self.batch_composition,
+            "unit": self.unit,
         }
         for key, mine in checks.items():
             if state.get(key) != mine:
