@@ -23,15 +23,62 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "UniformWeighter": "dataflex_weight.weighters",
     "uniform_weights": "dataflex_weight.weighters",
+    "mean_objective": "dataflex_weight.weighters",
+    "LossWeighter": "dataflex_weight.loss",
+    "LossWeighterConfig": "dataflex_weight.loss",
+    "TemperatureSchedule": "dataflex_weight.loss",
+    "loss_weights": "dataflex_weight.loss",
+    "AdaptWeighter": "dataflex_weight.adapt",
+    "AdaptWeighterConfig": "dataflex_weight.adapt",
+    "adapt_weights": "dataflex_weight.adapt",
+    "mean_anchor": "dataflex_weight.adapt",
+    "CustomWeighter": "dataflex_weight.custom",
+    "CustomWeighterBase": "dataflex_weight.custom",
+    "CustomWeighterConfig": "dataflex_weight.custom",
+    "template_weights": "dataflex_weight.custom",
+    "pool_embeddings": "dataflex_weight.pooling",
+    "position_weighted_pool": "dataflex_weight.pooling",
+    "normalized_objective": "dataflex_weight.common",
 }
 
 __all__ = [
+    "AdaptWeighter",
+    "AdaptWeighterConfig",
+    "CustomWeighter",
+    "CustomWeighterBase",
+    "CustomWeighterConfig",
+    "LossWeighter",
+    "LossWeighterConfig",
+    "TemperatureSchedule",
     "UniformWeighter",
+    "adapt_weights",
+    "loss_weights",
+    "mean_anchor",
+    "mean_objective",
+    "normalized_objective",
+    "pool_embeddings",
+    "position_weighted_pool",
+    "template_weights",
     "uniform_weights",
 ]
 
 if TYPE_CHECKING:
-    from dataflex_weight.weighters import UniformWeighter, uniform_weights
+    from dataflex_weight.adapt import AdaptWeighter, AdaptWeighterConfig, adapt_weights, mean_anchor
+    from dataflex_weight.common import normalized_objective
+    from dataflex_weight.custom import (
+        CustomWeighter,
+        CustomWeighterBase,
+        CustomWeighterConfig,
+        template_weights,
+    )
+    from dataflex_weight.loss import (
+        LossWeighter,
+        LossWeighterConfig,
+        TemperatureSchedule,
+        loss_weights,
+    )
+    from dataflex_weight.pooling import pool_embeddings, position_weighted_pool
+    from dataflex_weight.weighters import UniformWeighter, mean_objective, uniform_weights
 
 
 def __getattr__(name: str) -> Any:
