@@ -43,3 +43,38 @@ def test_two_rank_zero3_sft_keeps_mixer_state_identical(tmp_path, run_cli, write
     assert sum(recs[0]["feedback"]["domain_samples"]) == 8
     state = json.loads((out / "checkpoint-4" / "dataflex_state.json").read_text())
     assert state["samples_per_step"] == 8 and state["sampler"]["position"] == 32
+
+
+def test_two_rank_ddp_loss_weighting_equals_one_rank_on_the_same_global_batch(
+    tmp_path, run_cli, write_config, quickstart
+):
+    """Weights normalised over the global micro-batch: 2 ranks x 4 rows == 1 rank x 8 rows."""
+    results = {}
+    for name, nproc, per_device in (("one", None, 8), ("two", "2", 4)):
+        out = tmp_path / name
+        cfg = quickstart(
+            output_dir=str(out), max_steps=4, logging_steps=1, save_steps=100,
+            per_device_train_batch_size=per_device,
+        )
+        cfg["dataflex"] = {"train_type": "dynamic_weight", "component_name": "loss", "warmup_step": 0,
+                           "check_state_consistency": True}
+        env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": nproc} if nproc else {}
+        res = run_cli("train", str(write_config(cfg, f"{name}.yaml")), env=env)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+        state = json.loads((out / "trainer_state.json").read_text())
+        recs = [json.loads(x) for x in (out / "dataflex" / "decisions.jsonl").read_text().splitlines()]
+        results[name] = (
+            [h["loss"] for h in state["log_history"] if "loss" in h],
+            [r["decision"] for r in recs if r["step"] > 0],
+        )
+    (l1, d1), (l2, d2) = results["one"], results["two"]
+    assert len(l1) == len(l2) == 4
+    assert l2 == pytest.approx(l1, rel=1e-5)
+    for a, b in zip(d1, d2, strict=True):
+        assert a["samples"] == b["samples"] == 8
+        for key in ("min", "max", "mean", "entropy"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5)
+        assert a["min"] < a["max"]  # the loss weighter really reweights
+    r0 = json.loads((tmp_path / "two" / "dataflex" / "final_state_rank0.json").read_text())
+    r1 = json.loads((tmp_path / "two" / "dataflex" / "final_state_rank1.json").read_text())
+    assert r0 == r1
