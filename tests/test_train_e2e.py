@@ -154,3 +154,59 @@ def test_dynamic_weight_uniform_equals_unweighted_training(tmp_path, run_cli, wr
     state = json.loads((tmp_path / "weighted" / "checkpoint-3" / "dataflex_state.json").read_text())
     assert state["train_type"] == "dynamic_weight" and state["step"] == 3
     assert not (tmp_path / "standard" / "dataflex" / "decisions.jsonl").exists()  # never weighted
+
+
+def test_dynamic_weight_loss_on_sft_resumes_exactly(tmp_path, run_cli, write_config, small):
+    def cfg(out, **extra):
+        c = small(out, stage="sft", dataset="sft_news,sft_code,sft_math", max_steps=6, save_steps=3, **extra)
+        c["dataflex"] = {"train_type": "dynamic_weight", "component_name": "loss_mid", "warmup_step": 2}
+        return c
+
+    full = tmp_path / "full"
+    res = run_cli("train", str(write_config(cfg(full), "full.yaml")))
+    assert res.returncode == 0, res.stderr[-4000:]
+    stats = [r for r in decisions(full) if r["step"] > 0]
+    assert [r["step"] for r in stats] == [3, 4, 5, 6]  # burn-in: steps 1-2 use the standard loss
+    assert all(r["decision"]["min"] < r["decision"]["max"] for r in stats)
+    assert (full / "dataflex" / "weights.png").read_bytes()[:4] == b"\x89PNG"
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    (resumed / "dataflex").mkdir()
+    shutil.copy(full / "dataflex" / "decisions.jsonl", resumed / "dataflex" / "decisions.jsonl")
+    c = cfg(resumed, resume_from_checkpoint=str(resumed / "checkpoint-3"), overwrite_output_dir=False)
+    res = run_cli("train", str(write_config(c, "resume.yaml")))
+    assert res.returncode == 0, res.stderr[-4000:]
+    la, lb = losses(full), losses(resumed)
+    for step in range(4, 7):
+        assert lb[step] == pytest.approx(la[step], rel=1e-5), step
+    again = [r for r in decisions(resumed) if r["step"] > 0]
+    assert [r["step"] for r in again] == [3, 4, 5, 6]
+    for a, b in zip(stats, again, strict=True):
+        assert b["decision"]["mean"] == pytest.approx(a["decision"]["mean"], rel=1e-5)
+
+
+def test_adapt_weights_by_similarity_to_the_target_set(tmp_path, run_cli, write_config, small):
+    out = tmp_path / "adapt"
+    c = small(out, max_steps=3, save_steps=100, per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    c["dataflex"] = {
+        "train_type": "dynamic_weight",
+        "component_name": "adapt",
+        "target_dataset": "math",
+        "component_params": {"refresh_interval": 1, "tau": 0.1},
+    }
+    res = run_cli("train", str(write_config(c)))
+    assert res.returncode == 0, res.stderr[-4000:]
+    recs = [r for r in decisions(out) if r["step"] > 0]
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    for r in recs:
+        d = r["decision"]
+        assert 0 < d["min"] < d["max"] < 1  # sigmoid weights that differ between samples
+    state = json.loads((out / "checkpoint-3" / "dataflex_state.json").read_text()) if (
+        out / "checkpoint-3").exists() else None
+    assert state is None or state["weighter"]["anchor_mean"] is not None
+    bad = small(tmp_path / "bad", max_steps=2)
+    bad["dataflex"] = {"train_type": "dynamic_weight", "component_name": "adapt"}
+    res = run_cli("train", str(write_config(bad, "bad.yaml")))
+    assert res.returncode == 2 and "needs a target set" in res.stderr

@@ -74,6 +74,8 @@ class DataflexConfig:
         mixture_order: Order within a window: seeded ``shuffle`` or Megatron-style ``blend``.
         within_domain: ``permutation`` (without replacement) or ``with_replacement``.
         plot: Write ``dataflex/proportions.png`` at the end of training (rank 0).
+        target_dataset: Dataset(s) of the target task (names in dataset_info.json), kept apart
+            from ``eval_dataset``; used by target-aware components (ADAPT anchors).
         check_state_consistency: After every update, compare the component state hash across
             ranks (fails fast on divergence) and write each rank's final state.
     """
@@ -92,6 +94,7 @@ class DataflexConfig:
     mixture_order: Literal["shuffle", "blend"] = "shuffle"
     within_domain: Literal["permutation", "with_replacement"] = "permutation"
     batch_composition: Literal["mixed", "pure_micro_batch", "pure_global_batch"] = "mixed"
+    target_dataset: str | list[str] | None = None
     plot: bool = True
     check_state_consistency: bool = False
 

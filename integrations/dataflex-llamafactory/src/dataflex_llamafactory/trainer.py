@@ -70,7 +70,11 @@ class DataflexTrainerMixin:
         if hasattr(controller, "weighted_loss") and controller.active(step):
             if labels is None:
                 raise DataError("dynamic_weight needs `labels` in the batch to compute per-sample losses.")
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            embed = getattr(controller, "needs_embeddings", False)
+            if embed:
+                controller.refresh_anchors(model, self.data_collator, step)  # type: ignore[attr-defined]
+            forward = {k: v for k, v in inputs.items() if k != "labels"}
+            outputs = model(**forward, output_hidden_states=True) if embed else model(**forward)
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
             values, valid = per_sample_loss(logits, labels)
             tokens = (labels[:, 1:] != -100).sum(dim=1)
@@ -85,6 +89,7 @@ class DataflexTrainerMixin:
                 domain_ids=domain_ids,
                 trainer_divides_by_ga=divides,
                 grad_accum=self.args.gradient_accumulation_steps,  # type: ignore[attr-defined]
+                embeddings=controller.embed_batch(outputs, inputs) if embed else None,
             )
             return (loss, outputs) if return_outputs else loss
         loss, outputs = super().compute_loss(  # type: ignore[misc]

@@ -82,7 +82,68 @@ class WeightController:
         self.weighter = get_registry().create("weighter", run.component.type, context=ctx, **run.component.params)
         self.log_path = self.output_dir / "dataflex" / "decisions.jsonl"
         self.trainer: Any = None
+        # Weighters that score samples by embeddings (ADAPT) need anchors from a target set and
+        # the training forward's hidden states.
+        self.needs_embeddings = hasattr(self.weighter, "set_anchors")
+        self.target_dataset: Any = None
         self._reset_stats()
+
+    # ------------------------------------------------------------------ embeddings (ADAPT)
+    def _pool(self, hidden_states: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+        from dataflex_weight.pooling import pool_embeddings
+
+        cfg = self.weighter.config
+        hidden = hidden_states[cfg.layer]
+        return pool_embeddings(hidden.detach().float(), attention_mask, cfg.pooling)
+
+    def embed_batch(self, outputs: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """Pooled, normalised, detached embeddings of the training micro-batch."""
+        hs = outputs["hidden_states"] if isinstance(outputs, dict) else outputs.hidden_states
+        if hs is None:
+            raise StateError("the model returned no hidden_states; ADAPT needs them.")
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(inputs["input_ids"].shape, device=hs[-1].device, dtype=torch.long)
+        return self._pool(hs, mask)
+
+    @torch.no_grad()
+    def refresh_anchors(self, model: Any, collator: Any, step: int) -> None:
+        """Embed the target set (sharded over ranks, in lockstep) and hand the anchors over."""
+        if not self.needs_embeddings or not self.weighter.needs_refresh(step):
+            return
+        if self.target_dataset is None or len(self.target_dataset) == 0:
+            raise StateError(
+                "the adapt weighter needs anchor examples: set `dataflex.target_dataset` to the "
+                "dataset(s) of the target task (names in dataset_info.json)."
+            )
+        n, world, rank = len(self.target_dataset), self.world_size, self.rank
+        per_rank = -(-n // world)
+        mine = list(range(rank, n, world))
+        real = len(mine)
+        mine += [mine[-1] if mine else 0] * (per_rank - real)  # equal forwards on every rank (ZeRO-3)
+        bs = self.weighter.config.anchor_batch_size
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        chunks = []
+        try:
+            for i in range(0, len(mine), bs):
+                feats = [dict(self.target_dataset[j]) for j in mine[i : i + bs]]
+                for f in feats:
+                    f.pop("domain_id", None)
+                batch = collator(feats)
+                batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+                out = model(**batch, output_hidden_states=True)
+                chunks.append(self.embed_batch(out, batch))
+        finally:
+            model.train(was_training)
+        local = torch.cat(chunks)[:real] if chunks else torch.zeros(0, 1, device=device)
+        if world > 1:
+            dim = torch.tensor([local.shape[-1] if real else 0], device=device)
+            torch.distributed.all_reduce(dim, op=torch.distributed.ReduceOp.MAX)
+            flat, _, _ = _gather_padded(local.reshape(-1), world)
+            local = flat.reshape(-1, int(dim.item()))
+        self.weighter.set_anchors(local, step)
 
     # ------------------------------------------------------------------ loss
     def active(self, step: int) -> bool:
@@ -99,6 +160,7 @@ class WeightController:
         domain_ids: torch.Tensor,
         trainer_divides_by_ga: bool,
         grad_accum: int,
+        embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The scaled loss to return from ``compute_loss`` for one micro-batch."""
         det = torch.where(valid, losses.detach(), torch.full_like(losses.detach(), float("nan")))
@@ -120,6 +182,7 @@ class WeightController:
             global_token_counts=g_tokens,
             local_offset=offset,
             world_size=self.world_size,
+            embeddings=embeddings,
         )
         weights = self.weighter.weigh(fb)
         if not isinstance(weights, torch.Tensor):
@@ -130,7 +193,13 @@ class WeightController:
                 f"weighter {self.run.component.entry!r} returned invalid weights "  # type: ignore[union-attr]
                 f"(shape {tuple(weights.shape)}, need {tuple(losses.shape)}; finite and >= 0)."
             )
-        j = self.weighter.objective(fb, weights)
+        if getattr(getattr(self.weighter, "config", None), "loss_normalization", None) == "weight_sum":
+            total = torch.where(valid, weights, torch.zeros_like(weights)).sum().double()
+            if self.world_size > 1:
+                torch.distributed.all_reduce(total)
+            j = self.weighter.objective(fb, weights, global_weight_sum=total)
+        else:
+            j = self.weighter.objective(fb, weights)
         self._record(weights, valid, domain_ids)
         scale = float(self.world_size) / (1.0 if trainer_divides_by_ga else float(grad_accum))
         return j * scale

@@ -78,6 +78,7 @@ def preflight(run: RunConfig) -> None:
         return
     check_datasets(_names(args.get("dataset")), dataset_dir)
     check_datasets(_names(args.get("eval_dataset")), dataset_dir, what="eval_dataset")
+    check_datasets(_names(run.dataflex.target_dataset), dataset_dir, what="target_dataset")
     if run.dataflex.train_type != "static" and not _names(args.get("dataset")):
         raise ConfigError("`dataset:` is empty; dynamic training needs at least one dataset (domain).")
 
@@ -142,6 +143,32 @@ def _domain_datasets(template: Any, model_args: Any, data_args: Any, training_ar
         prints.append(getattr(ds, "_fingerprint", "") or "")
     fingerprint = hashlib.sha256("|".join(prints).encode()).hexdigest()
     return concatenate_datasets(parts), names, sizes, fingerprint
+
+
+def _target_dataset(run: RunConfig, template: Any, model_args: Any, data_args: Any, training_args: Any, stage: str, tokenizer_module: dict[str, Any]) -> Any:
+    """The tokenised target set (``target_dataset``, else ``eval_dataset`` with a warning)."""
+    from llamafactory.data import get_dataset
+
+    names = _names(run.dataflex.target_dataset)
+    if not names:
+        names = list(data_args.eval_dataset or [])
+        if not names:
+            raise ConfigError(
+                f"component {run.component.entry!r} needs a target set: set "  # type: ignore[union-attr]
+                "`dataflex.target_dataset` (dataset names in dataset_info.json)."
+            )
+        log.warning("no target_dataset given: using eval_dataset %s as the target set, so the "
+                    "evaluation data also steers training (leakage); set dataflex.target_dataset.", names)
+    check_datasets(names, data_args.dataset_dir, what="target_dataset")
+    dargs = copy.copy(data_args)
+    dargs.dataset = names
+    dargs.eval_dataset = None
+    dargs.tokenized_path = None
+    module = get_dataset(template, model_args, dargs, training_args, stage=stage, **tokenizer_module)
+    ds = module.get("train_dataset")
+    if ds is None or len(ds) == 0:
+        raise DataError(f"target_dataset {names} has no rows after preprocessing.")
+    return ds
 
 
 def _mix_controller(run: RunConfig, training_args: Any, domains: list[str], sizes: list[int], fingerprint: str) -> Any:
@@ -263,6 +290,10 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
                 output_dir=training_args.output_dir,
                 logging_steps=int(training_args.logging_steps) if training_args.logging_steps >= 1 else 1,
             )
+            if controller.needs_embeddings:
+                controller.target_dataset = _target_dataset(
+                    run, template, model_args, data_args, training_args, stage, tokenizer_module
+                )
             run_info.update(max_steps=training_args.max_steps, rank=controller.rank, world_size=controller.world_size)
             log.info("DataFlex dynamic_weight: domains %s (rows %s), weighting from step %d",
                      domains, sizes, df.warmup_step)

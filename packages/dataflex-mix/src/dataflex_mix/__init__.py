@@ -32,26 +32,74 @@ _LAZY: dict[str, str] = {
     "blend_indices": "dataflex_mix.primitives",
     "normalize_proportions": "dataflex_mix.primitives",
     "MixtureSampler": "dataflex_mix.sampler",
+    "StreamingMixture": "dataflex_mix.streaming",
+    "DoremiMixer": "dataflex_mix.doremi",
+    "DoremiMixerConfig": "dataflex_mix.doremi",
+    "proxy_loss_weights": "dataflex_mix.doremi",
+    "proxy_objective": "dataflex_mix.doremi",
+    "OdmMixer": "dataflex_mix.odm",
+    "OdmMixerConfig": "dataflex_mix.odm",
+    "AioliMixer": "dataflex_mix.aioli",
+    "AioliMixerConfig": "dataflex_mix.aioli",
+    "unsmooth_and_normalize": "dataflex_mix.aioli",
+    "aioli_update": "dataflex_mix.aioli",
+    "DynamicMoeMixer": "dataflex_mix.dynamic_moe",
+    "DynamicMoeMixerConfig": "dataflex_mix.dynamic_moe",
+    "gate_load_distances": "dataflex_mix.dynamic_moe",
+    "feedback_from_samples": "dataflex_mix.feedback",
 }
 
 __all__ = [
+    "AioliMixer",
+    "AioliMixerConfig",
+    "DoremiMixer",
+    "DoremiMixerConfig",
+    "DynamicMoeMixer",
+    "DynamicMoeMixerConfig",
     "MixtureSampler",
+    "OdmMixer",
+    "OdmMixerConfig",
     "RandomMixer",
     "RandomMixerConfig",
     "StaticMixer",
     "StaticMixerConfig",
+    "StreamingMixture",
+    "aioli_update",
     "blend_indices",
+    "feedback_from_samples",
+    "gate_load_distances",
     "generator",
     "largest_remainder",
     "normalize_proportions",
+    "proxy_loss_weights",
+    "proxy_objective",
     "sample_with_replacement",
     "sample_without_replacement",
     "top_k",
+    "unsmooth_and_normalize",
 ]
 
 if TYPE_CHECKING:
+    from dataflex_mix.aioli import (
+        AioliMixer,
+        AioliMixerConfig,
+        aioli_update,
+        unsmooth_and_normalize,
+    )
+    from dataflex_mix.doremi import (
+        DoremiMixer,
+        DoremiMixerConfig,
+        proxy_loss_weights,
+        proxy_objective,
+    )
+    from dataflex_mix.dynamic_moe import (
+        DynamicMoeMixer,
+        DynamicMoeMixerConfig,
+        gate_load_distances,
+    )
+    from dataflex_mix.feedback import feedback_from_samples
     from dataflex_mix.mixers import RandomMixer, RandomMixerConfig, StaticMixer, StaticMixerConfig
-    from dataflex_mix.sampler import MixtureSampler
+    from dataflex_mix.odm import OdmMixer, OdmMixerConfig
     from dataflex_mix.primitives import (
         blend_indices,
         generator,
@@ -61,6 +109,8 @@ if TYPE_CHECKING:
         sample_without_replacement,
         top_k,
     )
+    from dataflex_mix.sampler import MixtureSampler
+    from dataflex_mix.streaming import StreamingMixture
 
 
 def __getattr__(name: str) -> Any:

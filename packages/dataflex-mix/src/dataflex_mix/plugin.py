@@ -13,7 +13,7 @@ __all__ = ["dataflex_register_mixers"]
 
 @hookimpl
 def dataflex_register_mixers() -> list[ComponentSpec]:
-    """The ``static`` and ``random`` mixers."""
+    """The ``static``, ``random``, ``doremi``, ``odm``, ``aioli`` and ``dynamic_moe`` mixers."""
     return [
         ComponentSpec(
             kind="mixer",
@@ -28,5 +28,33 @@ def dataflex_register_mixers() -> list[ComponentSpec]:
             factory="dataflex_mix.mixers:RandomMixer",
             summary="Random proportions per update from a seeded Dirichlet or normalised uniform.",
             paper="",
+        ),
+        ComponentSpec(
+            kind="mixer",
+            name="doremi",
+            factory="dataflex_mix.doremi:DoremiMixer",
+            summary="DoReMi proxy: α from excess loss over a reference model; output ᾱ.",
+            paper="arXiv:2305.10429",
+        ),
+        ComponentSpec(
+            kind="mixer",
+            name="odm",
+            factory="dataflex_mix.odm:OdmMixer",
+            summary="Online Data Mixing: EXP3-style bandit over domains rewarded by training loss.",
+            paper="arXiv:2312.02406",
+        ),
+        ComponentSpec(
+            kind="mixer",
+            name="aioli",
+            factory="dataflex_mix.aioli:AioliMixer",
+            summary="Aioli: LearnParams rounds estimate the mixing law from eval losses.",
+            paper="arXiv:2411.05735",
+        ),
+        ComponentSpec(
+            kind="mixer",
+            name="dynamic_moe",
+            factory="dataflex_mix.dynamic_moe:DynamicMoeMixer",
+            summary="MoE gate-load redundancy: upweight domains routed unlike the others.",
+            paper="arXiv:2406.11256",
         ),
     ]
