@@ -165,3 +165,14 @@ def test_pure_units_follow_proportions_in_distribution():
 def test_pure_micro_batch_needs_a_dividing_size():
     with pytest.raises(ConfigError, match="micro_batch_size"):
         make(batch_composition="pure_micro_batch", micro_batch_size=3)
+
+
+def test_rows_for_step_matches_the_drawn_sequence():
+    props = {0: [0.5, 0.25, 0.25], 5: [0.2, 0.3, 0.5]}
+    s = make(props)
+    rows = list(s)
+    for step in (5, 9):
+        assert s.rows_for_step(step).tolist() == rows[step * 8 : (step + 1) * 8]
+    fresh = make(props)
+    with pytest.raises(StateError, match="not available"):
+        fresh.rows_for_step(0)

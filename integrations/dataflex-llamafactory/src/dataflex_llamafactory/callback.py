@@ -34,6 +34,11 @@ class DataflexCallback(TrainerCallback):
             c.load(ckpt, state.global_step)
             log.info("restored DataFlex state from %s at step %d", ckpt, state.global_step)
         else:
+            if c.rank == 0:
+                # A fresh run into an existing output_dir (overwrite_output_dir): earlier
+                # decision logs belong to another run.
+                for name in ("decisions.jsonl", "doremi_weights.jsonl"):
+                    (Path(args.output_dir) / "dataflex" / name).unlink(missing_ok=True)
             c.on_train_begin(0)
         get_plugin_manager().hook.dataflex_on_train_begin(run={**self.run_info, "step": state.global_step})
 

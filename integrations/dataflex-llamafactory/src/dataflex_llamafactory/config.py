@@ -68,7 +68,9 @@ class DataflexConfig:
         train_step: Total optimizer steps (0: derived); must equal ``max_steps`` if both are set.
         static_mix: Mix with fixed ``init_mixture_proportions`` for the whole run (no mixer).
         init_mixture_proportions: Proportions of the warmup window (one per dataset, normalised);
-            null: uniform (or ``mixture_sample_rule``).
+            null: uniform (or ``mixture_sample_rule``); or ``{from_file: path}`` naming a JSON
+            file with ``domains`` and ``average`` (DoReMi's ``doremi_average_weights.json``),
+            matched by domain name. Relative paths resolve against the run config's folder.
         mixture_sample_rule: ``mixture`` (use init_mixture_proportions), ``stratified``
             (proportional to domain sizes) or ``uniform``; the last two only with static_mix.
         mixture_order: Order within a window: seeded ``shuffle`` or Megatron-style ``blend``.
@@ -89,7 +91,7 @@ class DataflexConfig:
     update_times: int = 1
     train_step: int = 0
     static_mix: bool = False
-    init_mixture_proportions: list[float] | None = None
+    init_mixture_proportions: list[float] | dict[str, str] | None = None
     mixture_sample_rule: Literal["mixture", "stratified", "uniform"] = "mixture"
     mixture_order: Literal["shuffle", "blend"] = "shuffle"
     within_domain: Literal["permutation", "with_replacement"] = "permutation"
@@ -124,6 +126,11 @@ class DataflexConfig:
         if self.static_mix and self.train_type != "dynamic_mix":
             raise ConfigError(
                 f"static_mix needs train_type 'dynamic_mix' (got {self.train_type!r})."
+            )
+        if isinstance(self.init_mixture_proportions, dict) and set(self.init_mixture_proportions) != {"from_file"}:
+            raise ConfigError(
+                f"init_mixture_proportions as a mapping takes exactly one key, from_file; got "
+                f"{sorted(self.init_mixture_proportions)}."
             )
         if self.init_mixture_proportions is not None and self.train_type != "dynamic_mix":
             raise ConfigError(
@@ -288,6 +295,10 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), raw:
         block.setdefault(key, value)
     if flat:
         log.info("accepted the predecessor's flat keys %s as dataflex settings", sorted(flat))
+    imp = block.get("init_mixture_proportions")
+    if isinstance(imp, dict) and isinstance(imp.get("from_file"), str) and cfg_path is not None:
+        f = Path(imp["from_file"])
+        block["init_mixture_proportions"] = {"from_file": str(f if f.is_absolute() else cfg_path.parent / f)}
     df = parse_config(DataflexConfig, block, where="the dataflex block")
     if df.train_type == "dynamic_weight" and "update_step" in block:
         log.warning("update_step is ignored for train_type 'dynamic_weight': weighting applies every step.")

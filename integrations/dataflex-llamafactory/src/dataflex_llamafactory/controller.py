@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from dataflex_core import (
     ComponentContext,
+    ConfigError,
     DataError,
     MixDecision,
     MixFeedback,
@@ -83,6 +84,7 @@ class MixController:
         output_dir: str,
         fingerprint: str = "",
         micro_batch_size: int | None = None,
+        vocab_size: int | None = None,
     ) -> None:
         self.run = run
         self.cfg = run.dataflex
@@ -111,6 +113,7 @@ class MixController:
                 output_dir=str(self.output_dir),
                 rank=self.rank,
                 world_size=self.world_size,
+                extras={"warmup_step": self.cfg.warmup_step, "vocab_size": vocab_size},
             )
             self.mixer = get_registry().create(
                 "mixer", run.component.type, context=ctx, **run.component.params
@@ -156,12 +159,31 @@ class MixController:
         )
         self.log_path = self.output_dir / "dataflex" / "decisions.jsonl"
         self.trainer: Any = None
+        # DoReMi's proxy run: the loss is alpha-weighted per domain and needs a reference model.
+        self.doremi = self.mixer is not None and hasattr(self.mixer, "proxy_loss_weights")
+        self.reference_model: Any = None
+        self.row_tokens: np.ndarray | None = None
+        if self.doremi:
+            mcfg = self.mixer.config  # type: ignore[union-attr]
+            if not getattr(mcfg, "reference_model_path", None):
+                raise ConfigError(
+                    "the doremi mixer trains a proxy model against a reference model: set "
+                    "`reference_model_path` in its params (the output_dir of the reference run)."
+                )
+            if getattr(mcfg, "update_order", "lagged") != "lagged":
+                raise ConfigError(
+                    "doremi update_order 'paper' (an extra no-grad forward per step) is not "
+                    "supported by dataflex-cli yet; use the default 'lagged'."
+                )
 
     # ------------------------------------------------------------------ proportions
     def _initial_proportions(self) -> list[float]:
         cfg = self.cfg
-        if cfg.init_mixture_proportions is not None:
-            p = np.asarray(cfg.init_mixture_proportions, dtype=np.float64)
+        imp = cfg.init_mixture_proportions
+        if isinstance(imp, dict):
+            imp = self._proportions_from_file(imp["from_file"])
+        if imp is not None:
+            p = np.asarray(imp, dtype=np.float64)
             if p.shape != (self.K,):
                 raise DataError(
                     f"init_mixture_proportions has {p.size} entries but there are {self.K} "
@@ -181,6 +203,27 @@ class MixController:
         if zero:
             raise DataError(f"domain(s) {zero} have no rows but a positive initial proportion.")
         return [float(x) for x in p]
+
+    def _proportions_from_file(self, path: str) -> list[float]:
+        """Proportions by domain name from a JSON file with ``domains`` and ``average``."""
+        f = Path(path)
+        if not f.is_file():
+            raise DataError(
+                f"init_mixture_proportions.from_file {path!r} does not exist; run the DoReMi "
+                "proxy step first (it writes doremi_average_weights.json into its output_dir)."
+            )
+        try:
+            data = json.loads(f.read_text())
+            names, weights = list(data["domains"]), [float(x) for x in data["average"]]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: expected JSON with 'domains' and 'average' lists ({exc}).") from None
+        if sorted(names) != sorted(self.domains) or len(names) != len(weights):
+            raise DataError(
+                f"{path} has weights for domains {names} but this run trains on {self.domains}; "
+                "use the same datasets as the proxy run."
+            )
+        by_name = dict(zip(names, weights, strict=True))
+        return [by_name[d] for d in self.domains]
 
     def _proportions_for(self, u: int) -> list[float]:
         if u not in self.window_props:
@@ -204,9 +247,16 @@ class MixController:
             "token_count": z(),
             "sample_count": z(),
             "sample_loss_sum": z(),
+            "excess_loss_sum": z(),
         }
 
-    def record(self, domain_ids: torch.Tensor, losses: torch.Tensor, tokens: torch.Tensor) -> None:
+    def record(
+        self,
+        domain_ids: torch.Tensor,
+        losses: torch.Tensor,
+        tokens: torch.Tensor,
+        excess: torch.Tensor | None = None,
+    ) -> None:
         """Add one micro-batch's per-sample token-mean losses (detached) to the feedback.
 
         Accumulates on the loss's device; nothing moves to the host until an update.
@@ -225,9 +275,13 @@ class MixController:
         self._fb["token_count"].index_add_(0, d, tok)
         self._fb["sample_count"].index_add_(0, d, ok.double())
         self._fb["sample_loss_sum"].index_add_(0, d, losses)
+        if excess is not None:
+            ex = torch.where(ok, excess.detach().double(), torch.zeros((), dtype=torch.float64, device=losses.device))
+            self._fb["excess_loss_sum"].index_add_(0, d, ex)
 
     def _reduced_feedback(self, step: int) -> MixFeedback:
-        stacked = torch.stack([self._fb[k] for k in ("loss_sum", "token_count", "sample_count", "sample_loss_sum")])
+        keys = ("loss_sum", "token_count", "sample_count", "sample_loss_sum", "excess_loss_sum")
+        stacked = torch.stack([self._fb[k] for k in keys])
         if self.world_size > 1:
             torch.distributed.all_reduce(stacked, op=torch.distributed.ReduceOp.SUM)
         arr = stacked.cpu().numpy()
@@ -239,8 +293,35 @@ class MixController:
             token_count=arr[1].tolist(),
             sample_count=arr[2].tolist(),
             sample_loss_sum=arr[3].tolist(),
+            excess_loss_sum=arr[4].tolist() if self.doremi else None,
             extras={"proportions_used": used},
         )
+
+    # ------------------------------------------------------------------ DoReMi proxy loss
+    def step_token_counts(self, step: int) -> np.ndarray:
+        """``Z_k``: supervised tokens per domain in step ``step``'s whole global batch.
+
+        Known before the step's first backward without communication: every rank draws the
+        same global sequence, and each row's token count was measured once at setup.
+        """
+        if self.row_tokens is None:
+            raise StateError("per-row token counts were not computed; this is a bug in the workflow.")
+        rows = self.sampler.rows_for_step(step)
+        doms = np.searchsorted(np.asarray(self.sampler.offsets), rows, side="right") - 1
+        return np.bincount(doms, weights=self.row_tokens[rows], minlength=self.K).astype(np.float64)
+
+    def proxy_token_weights(self, step: int, device: Any) -> torch.Tensor:
+        """Per-domain token weights ``v_k`` with ``J = sum_t v_d(t) m_t l_t`` for step ``step``."""
+        cached = getattr(self, "_v_cache", None)
+        if cached is None or cached[0] != step:
+            v = self.mixer.proxy_loss_weights(self.step_token_counts(step))  # type: ignore[union-attr]
+            cached = (step, torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device))
+            self._v_cache = cached
+        return cached[1]
+
+    def _write_doremi_outputs(self, folder: Path, step: int) -> None:
+        rec = self.mixer.average_weights_record()  # type: ignore[union-attr]
+        atomic_write_json(folder / "doremi_average_weights.json", {**rec, "step": step})
 
     # ------------------------------------------------------------------ schedule
     def on_train_begin(self, step: int) -> None:
@@ -277,6 +358,8 @@ class MixController:
             "component": self.run.component.entry if self.run.component else "static_mix",
             "decision": {"proportions": p, "domains": self.domains, "applies_from_step": 0 if step == 0 else step + 1},
         }
+        if decision.loss_weights is not None:
+            record["decision"]["loss_weights"] = [float(x) for x in decision.loss_weights]
         if feedback is not None:
             counts = np.asarray(feedback.token_count)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -287,6 +370,9 @@ class MixController:
             }
         if self.rank == 0:
             append_jsonl(self.log_path, [record])
+            if self.doremi:
+                append_jsonl(self.output_dir / "dataflex" / "doremi_weights.jsonl",
+                             [self.mixer.weights_history_record(step)])  # type: ignore[union-attr]
         if self.trainer is not None:
             # Trainer.log runs on_log callbacks, and DefaultFlowCallback.on_log clears
             # should_log; keep the flag so the step's own loss logging still happens.
@@ -326,6 +412,8 @@ class MixController:
             out = Path(output_dir) / "dataflex" / f"final_state_rank{self.rank}.json"
             atomic_write_json(out, {"mixer": self.mixer.state_dict() if self.mixer else None,
                                     "window_props": {str(k): v for k, v in sorted(self.window_props.items())}})
+        if self.rank == 0 and self.doremi:
+            self._write_doremi_outputs(Path(output_dir), self.total_steps)
         if self.rank == 0 and self.cfg.plot and self.log_path.exists():
             from dataflex_llamafactory.plotting import plot_proportions
 
@@ -365,6 +453,9 @@ class MixController:
         path = Path(checkpoint_dir) / STATE_FILE
         if self.rank == 0:
             atomic_write_json(path, state)
+            if self.doremi:
+                self._write_doremi_outputs(Path(checkpoint_dir), step)
+                self._write_doremi_outputs(self.output_dir, step)
             get_plugin_manager().hook.dataflex_on_save(step=step, checkpoint_dir=str(checkpoint_dir), state=state)
         return path
 
@@ -411,7 +502,7 @@ class MixController:
         self.window_props = {int(u): list(p) for u, p in state["window_props"].items()}
         self.update_count = int(state["update_count"])
         dev = self._fb["loss_sum"].device
-        self._fb = {k: torch.tensor(v, dtype=torch.float64, device=dev) for k, v in state["feedback"].items()}
+        self._fb.update({k: torch.tensor(v, dtype=torch.float64, device=dev) for k, v in state["feedback"].items()})
         self.sampler.load_state_dict(state["sampler"])
         if self.rank == 0 and self.log_path.exists():
             # Drop decisions made after the checkpoint: the resumed run makes them again.

@@ -17,7 +17,7 @@ from dataflex_ops.loss import per_sample_loss
 from llamafactory.train.pt.trainer import CustomTrainer
 from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
 
-__all__ = ["DomainCollator", "DataflexTrainerMixin", "DataflexPtTrainer", "DataflexSftTrainer"]
+__all__ = ["doremi_objective", "DomainCollator", "DataflexTrainerMixin", "DataflexPtTrainer", "DataflexSftTrainer"]
 
 DOMAIN_KEY = "domain_id"
 
@@ -38,6 +38,18 @@ class DomainCollator:
 
     def __getattr__(self, name: str) -> Any:  # collators carry attributes trainers read
         return getattr(self.inner, name)
+
+
+def doremi_objective(token_losses: torch.Tensor, domain_ids: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum_i v_d(i) sum_t m_it l_it``: a micro-batch's share of DoReMi's proxy objective.
+
+    Args:
+        token_losses: ``[B, T-1]`` masked token losses ``m * l`` (with grad).
+        domain_ids: ``[B]`` domain of each row.
+        v: ``[K]`` per-domain token weights from the mixer (``alpha_k / Z_k`` for the paper loss).
+    """
+    d = domain_ids.to(token_losses.device).long()
+    return (v.to(token_losses.dtype)[d] * token_losses.sum(dim=1)).sum()
 
 
 class DataflexTrainerMixin:
@@ -92,6 +104,8 @@ class DataflexTrainerMixin:
                 embeddings=controller.embed_batch(outputs, inputs) if embed else None,
             )
             return (loss, outputs) if return_outputs else loss
+        if getattr(controller, "doremi", False):
+            return self._doremi_proxy_loss(model, inputs, domain_ids, labels, num_items_in_batch, return_outputs)
         loss, outputs = super().compute_loss(  # type: ignore[misc]
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch, **kwargs
         )
@@ -102,6 +116,45 @@ class DataflexTrainerMixin:
                     values, valid = per_sample_loss(logits.detach(), labels)
                     tokens = (labels[:, 1:] != -100).sum(dim=1)
                 controller.record(domain_ids, torch.where(valid, values, torch.full_like(values, float("nan"))), tokens)
+        return (loss, outputs) if return_outputs else loss
+
+
+    def _doremi_proxy_loss(
+        self, model: Any, inputs: dict[str, Any], domain_ids: torch.Tensor, labels: Any,
+        num_items_in_batch: Any, return_outputs: bool,
+    ) -> Any:
+        """DoReMi's domain-weighted proxy loss (spec §3.3), with excess losses for the update.
+
+        ``J = sum_t v_d(t) m_t l_t`` over the step's global batch, where ``v`` comes from the
+        current alpha and the step's per-domain token counts ``Z`` (paper: ``v_k = a_k / Z_k``).
+        This micro-batch contributes its own tokens' share; scaling by the world size (and by
+        GA when the trainer divides by it) makes the applied gradient exactly ``grad J``.
+        """
+        controller = self.dataflex_controller
+        if labels is None:
+            raise DataError("the DoReMi proxy needs `labels` in the batch.")
+        step = self.state.global_step  # type: ignore[attr-defined]
+        forward = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**forward)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        tok, valid = per_sample_loss(logits, labels, per_token=True)
+        with torch.no_grad():
+            ref = controller.reference_model(**forward)
+            ref_logits = ref["logits"] if isinstance(ref, dict) else ref.logits
+            ref_tok, _ = per_sample_loss(ref_logits, labels, per_token=True)
+            excess = (tok.detach().float() - ref_tok.float()).clamp_min(0).sum(dim=1)  # per-token clip
+            tokens = (labels[:, 1:] != -100).sum(dim=1)
+            mean = tok.detach().sum(dim=1) / tokens.clamp_min(1)
+        v = controller.proxy_token_weights(step, logits.device)
+        j = doremi_objective(tok, domain_ids, v)
+        divides = (
+            not self.model_accepts_loss_kwargs or num_items_in_batch is None  # type: ignore[attr-defined]
+        ) and self.compute_loss_func is None  # type: ignore[attr-defined]
+        ga = self.args.gradient_accumulation_steps  # type: ignore[attr-defined]
+        loss = j * controller.world_size * (ga if divides else 1)
+        controller.record(
+            domain_ids, torch.where(valid, mean, torch.full_like(mean, float("nan"))), tokens, excess
+        )
         return (loss, outputs) if return_outputs else loss
 
 

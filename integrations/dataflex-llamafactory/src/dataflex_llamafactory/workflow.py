@@ -171,7 +171,56 @@ def _target_dataset(run: RunConfig, template: Any, model_args: Any, data_args: A
     return ds
 
 
-def _mix_controller(run: RunConfig, training_args: Any, domains: list[str], sizes: list[int], fingerprint: str) -> Any:
+def _load_reference(controller: Any, model: Any, tokenizer: Any, training_args: Any) -> Any:
+    """DoReMi's reference model, checked against the proxy's vocabulary and tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dataflex_llamafactory.assets import resolve_model
+
+    path = resolve_model(controller.mixer.config.reference_model_path)
+    if not Path(path).exists():
+        raise ConfigError(
+            f"reference_model_path {path!r} does not exist; point it at the output_dir of the "
+            "DoReMi reference run (step 1)."
+        )
+    try:
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        ref_tok = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - any load failure is reported with the path
+        raise ConfigError(f"cannot load the DoReMi reference model from {path!r}: {exc}") from exc
+    n_ref = ref.get_input_embeddings().num_embeddings
+    n_proxy = model.get_input_embeddings().num_embeddings
+    if n_ref != n_proxy:
+        raise ConfigError(
+            f"the reference model has {n_ref} token embeddings but the proxy has {n_proxy}; "
+            "train the reference with the same tokenizer."
+        )
+    if ref_tok.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(
+            f"the tokenizer saved with the reference model at {path!r} differs from the proxy's; "
+            "excess losses are only meaningful on identical tokens."
+        )
+    ref.eval()
+    ref.requires_grad_(False)
+    # Replicated on every rank: fine for the small proxy/reference models DoReMi uses. Under
+    # ZeRO-3 a partitioned reference engine would save memory; not done yet (see the docs).
+    return ref.to(training_args.device)
+
+
+def _row_token_counts(dataset: Any, collator: Any, chunk: int = 64) -> Any:
+    """Supervised (shifted) tokens of every row, measured through the real collator once."""
+    import numpy as np
+
+    counts = np.zeros(len(dataset), dtype=np.float64)
+    for i in range(0, len(dataset), chunk):
+        feats = [dataset[j] for j in range(i, min(i + chunk, len(dataset)))]
+        labels = collator(feats)["labels"]
+        counts[i : i + len(feats)] = (labels[:, 1:] != -100).sum(dim=1).numpy()
+    return counts
+
+
+def _mix_controller(run: RunConfig, training_args: Any, domains: list[str], sizes: list[int], fingerprint: str, vocab_size: int) -> Any:
     from dataflex_llamafactory.controller import MixController
 
     df = run.dataflex
@@ -200,6 +249,7 @@ def _mix_controller(run: RunConfig, training_args: Any, domains: list[str], size
         output_dir=training_args.output_dir,
         fingerprint=fingerprint,
         micro_batch_size=training_args.per_device_train_batch_size,
+        vocab_size=vocab_size,
     )
     log.info(
         "DataFlex %s: domains %s (rows %s), G=%d, %d steps, updates at %s",
@@ -298,7 +348,7 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
             log.info("DataFlex dynamic_weight: domains %s (rows %s), weighting from step %d",
                      domains, sizes, df.warmup_step)
         else:
-            controller = _mix_controller(run, training_args, domains, sizes, fingerprint)
+            controller = _mix_controller(run, training_args, domains, sizes, fingerprint, len(tokenizer))
             run_info.update(max_steps=controller.total_steps, rank=controller.rank, world_size=controller.world_size)
         all_callbacks.insert(0, DataflexCallback(controller, run_info))
 
@@ -331,6 +381,9 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
         extra = {"gen_kwargs": gen_kwargs}
     if controller is not None:
         collator = DomainCollator(collator)
+        if getattr(controller, "doremi", False):
+            controller.reference_model = _load_reference(controller, model, tokenizer, training_args)
+            controller.row_tokens = _row_token_counts(dataset_module["train_dataset"], collator)
 
     trainer = trainer_cls(
         model=model,

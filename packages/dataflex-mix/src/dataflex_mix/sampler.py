@@ -139,6 +139,7 @@ class MixtureSampler:
         self._windows: dict[int, dict[str, Any]] = {}
         self._current: tuple[int, np.ndarray] | None = None  # (u, rows of window u)
         self._perm_cache: dict[int, tuple[int, np.ndarray]] = {}
+        self._rows_cache: dict[int, np.ndarray] = {}  # rows of the last few windows drawn
 
     # ------------------------------------------------------------------ geometry
     def __len__(self) -> int:
@@ -237,6 +238,9 @@ class MixtureSampler:
         for old in [w for w in self._windows if w < u - 2]:
             del self._windows[old]
         self._current = (u, self._build_window(u, p))
+        self._rows_cache[u] = self._current[1]
+        for old in [w for w in self._rows_cache if w < u - 2]:
+            del self._rows_cache[old]
 
     def __iter__(self) -> Iterator[int]:
         while self._position < len(self):
@@ -250,6 +254,23 @@ class MixtureSampler:
             row = int(rows[self._position - start])
             self._position += 1
             yield row
+
+    def rows_for_step(self, step: int) -> np.ndarray:
+        """Global rows of optimizer step ``step`` (its window must have started recently).
+
+        A trainer uses this to know a step's whole global batch before its first backward,
+        e.g. DoReMi's per-domain token counts ``Z_k``.
+        """
+        u = self.window_of_step(step)
+        rows = self._rows_cache.get(u)
+        if rows is None:
+            raise StateError(
+                f"rows of step {step} (window {u}) are not available: the window has not started "
+                f"or is too old (kept: {sorted(self._rows_cache)})."
+            )
+        start, _ = self._window_bounds(u)
+        lo = step * self.samples_per_step - start
+        return rows[lo : lo + self.samples_per_step]
 
     def proportions_of_window(self, u: int) -> list[float] | None:
         """Proportions window ``u`` was drawn with, if it has started and is still recorded."""
@@ -333,6 +354,7 @@ class MixtureSampler:
         self._domain_pos = [int(x) for x in win["domain_pos"]]
         self._windows = {}
         self._current = None
+        self._rows_cache = {}
         if win["proportions"] is not None:
             self._start_window(u, win["proportions"])
         self._position = int(state["position"])
