@@ -46,7 +46,7 @@ def test_version(run_cli):
         ({"dataset_dir": "/nonexistent/dir"}, None, "dataset_info.json does not exist"),
         ({}, "learning_rate", "bad override 'learning_rate'"),
         ({"dataflex": {"component_name": "no_such_mixer"}}, None, "no mixer named 'no_such_mixer'"),
-        ({"dataflex": {"component_params": {"concentraton": 2.0}}}, None, "did you mean 'concentration'"),
+        ({"dataflex": {"component_name": "random", "component_params": {"concentraton": 2.0}}}, None, "did you mean 'concentration'"),
         ({"dataflex": {"init_mixture_proportions": [1, 1]}}, None, "init_mixture_proportions has 2 entries"),
         ({"max_steps": 7}, None, "max_steps: 7 conflicts with the DataFlex schedule"),
         ({"not_a_llamafactory_key": 1}, None, "not_a_llamafactory_key"),

@@ -27,7 +27,7 @@ def _small(quickstart, out: Path, **extra):
         "gradient_accumulation_steps": 2,
         "save_steps": 4,
         "logging_steps": 1,
-        "dataflex": {"warmup_step": 2, "update_step": 3, "update_times": 4},
+        "dataflex": {"component_name": "random", "warmup_step": 2, "update_step": 3, "update_times": 4},
     }
     base.update(extra)
     return quickstart(**base)
