@@ -140,7 +140,7 @@ def test_plugin_module_does_not_import_torch() -> None:
     # exercised, so another distribution's plugin cannot make this test fail.
     code = (
         "import sys, dataflex_ops, dataflex_ops.plugin as p\n"
-        "assert [s.name for s in p.dataflex_register_featurizers()] == ['per_sample_loss']\n"
+        "assert 'per_sample_loss' in [s.name for s in p.dataflex_register_featurizers()]\n"
         "assert 'torch' not in sys.modules, 'the dataflex_ops plugin imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

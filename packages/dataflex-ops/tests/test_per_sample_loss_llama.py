@@ -112,7 +112,16 @@ def test_compute_features_hook(model, batch, fresh_plugin_manager) -> None:
     assert got["valid"].tolist() == expected["valid"].tolist()
     assert (
         fresh_plugin_manager.hook.dataflex_compute_features(
-            model=model, batch=batch, kind="embedding", options={}
+            model=model, batch=batch, kind="gate_loads", options={}
         )
-        is None
+        is None  # a kind no plugin computes
     )
+
+
+def test_featurizer_ignores_the_padding_side(model, batch) -> None:
+    right = PerSampleLoss()(model, batch)
+    order = torch.argsort(batch["attention_mask"].to(torch.int8), dim=1, stable=True)
+    left = {k: (v.gather(1, order) if v.dim() == 2 else v) for k, v in batch.items()}
+    got = PerSampleLoss()(model, left)
+    torch.testing.assert_close(got["values"], right["values"], rtol=1e-5, atol=1e-6)
+    assert got["token_counts"].tolist() == right["token_counts"].tolist()

@@ -195,10 +195,11 @@ def _logits_of(output: Any) -> torch.Tensor | None:
 class PerSampleLoss:
     """Featurizer: per-sample losses of a batch under a model (spec §1.1).
 
-    Runs the model under ``torch.no_grad()`` in eval mode and restores the caller's mode. The
-    batch is a mapping with ``labels`` and the model inputs; ``labels`` and the DataFlex side
-    keys (:data:`SIDE_KEYS`) are not passed to the model, which then skips its own loss and
-    returns logits even when patched with a fused cross-entropy kernel.
+    Runs the model under ``torch.no_grad()`` in eval mode and restores the caller's mode. Each
+    row's unmasked tokens are moved to the front first, so the padding side does not change a
+    loss. The batch is a mapping with ``labels`` and the model inputs; ``labels`` and the
+    DataFlex side keys (:data:`SIDE_KEYS`) are not passed to the model, which then skips its own
+    loss and returns logits even when patched with a fused cross-entropy kernel.
 
     Args:
         config: A :class:`PerSampleLossConfig`, a mapping of its keys, or None for defaults.
@@ -234,6 +235,29 @@ class PerSampleLoss:
             )
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k not in SIDE_KEYS}
+        ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
+        if (
+            isinstance(ids, torch.Tensor)
+            and isinstance(mask, torch.Tensor)
+            and ids.dim() == 2
+            and tuple(labels.shape) == tuple(ids.shape)
+        ):
+            # real tokens first, so left padding does not shift the positions the model sees
+            from dataflex_ops._common import compact_rows  # _common imports this module
+
+            seq = {
+                k: v
+                for k, v in inputs.items()
+                if k not in ("input_ids", "attention_mask")
+                and isinstance(v, torch.Tensor)
+                and v.shape[:2] == ids.shape
+            }
+            seq["labels"] = labels.to(ids.device)
+            ids, mask, seq, _ = compact_rows(
+                ids, mask, seq, pad_values={"labels": self.config.ignore_index}
+            )
+            labels = seq.pop("labels")
+            inputs.update(seq, input_ids=ids, attention_mask=mask)
         with _eval_mode(model), torch.no_grad():
             output = model(**inputs)
             logits = _logits_of(output)
