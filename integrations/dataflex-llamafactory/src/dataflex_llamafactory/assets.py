@@ -71,6 +71,11 @@ BUILDER_VERSION = "1"
 
 #: The spec that :func:`resolve_model` understands (``?seed=N`` may follow).
 TINY_LLAMA_SPEC = "builtin:tiny-llama"
+#: A tiny mixture-of-experts model (Mixtral architecture, 4 experts, top-2), e.g. for dynamic_moe.
+TINY_MIXTRAL_SPEC = "builtin:tiny-mixtral"
+BUILTIN_ARCHITECTURES = {TINY_LLAMA_SPEC: "llama", TINY_MIXTRAL_SPEC: "mixtral"}
+#: Extra config keys of the MoE variant (on top of TINY_LLAMA_CONFIG).
+TINY_MIXTRAL_EXTRA: dict[str, Any] = {"num_local_experts": 4, "num_experts_per_tok": 2, "router_aux_loss_coef": 0.01}
 
 #: Where the shipped tokenizer lives (package data, produced by ``tools/make_bundled_data.py``).
 BUILTIN_TOKENIZER_DIR = Path(__file__).resolve().parent / "data" / "tiny_tokenizer"
@@ -320,6 +325,7 @@ def build_tiny_llama(
     seed: int = 0,
     config_overrides: Mapping[str, Any] | None = None,
     exist_ok: bool = False,
+    architecture: str = "llama",
 ) -> Path:
     """Build the tiny Llama model and its tokenizer into ``out_dir``, atomically.
 
@@ -336,6 +342,8 @@ def build_tiny_llama(
         config_overrides: :class:`transformers.LlamaConfig` keyword arguments that replace those
             of :data:`TINY_LLAMA_CONFIG` (or the tokenizer-derived ``vocab_size`` and token ids).
         exist_ok: If ``out_dir`` already holds a build, return it instead of raising.
+        architecture: ``llama`` (default) or ``mixtral`` (the same sizes with 4 experts, top-2
+            routing: a tiny mixture-of-experts model).
 
     Returns:
         The path of the build, loadable with ``AutoModelForCausalLM.from_pretrained`` and
@@ -362,8 +370,13 @@ def build_tiny_llama(
         tokenizer = load_builtin_tokenizer()
     else:
         tokenizer = build_tokenizer(corpus_files)
-    config_kwargs = _model_config_kwargs(tokenizer, config_overrides)
-    config = transformers.LlamaConfig(**config_kwargs)
+    if architecture not in ("llama", "mixtral"):
+        raise ValueError(f"architecture must be 'llama' or 'mixtral', got {architecture!r}")
+    extra = TINY_MIXTRAL_EXTRA if architecture == "mixtral" else {}
+    config_kwargs = _model_config_kwargs(tokenizer, {**extra, **dict(config_overrides or {})})
+    config_cls = transformers.MixtralConfig if architecture == "mixtral" else transformers.LlamaConfig
+    model_cls = transformers.MixtralForCausalLM if architecture == "mixtral" else transformers.LlamaForCausalLM
+    config = config_cls(**config_kwargs)
 
     # Construction draws transformers' own init from the global RNG; fork it so the caller's
     # state survives, and hold a lock because the fork is not thread-safe (a concurrent fork's
@@ -371,7 +384,7 @@ def build_tiny_llama(
     # instead (_init_weights), so they depend only on the seed, never on global RNG traffic.
     with _RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = transformers.LlamaForCausalLM(config)
+        model = model_cls(config)
     _init_weights(model, seed=seed, std=config.initializer_range)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -388,6 +401,7 @@ def build_tiny_llama(
         info = {
             "builder": f"{__name__}.build_tiny_llama",
             "builder_version": BUILDER_VERSION,
+            "architecture": architecture,
             "seed": seed,
             "config": config_kwargs,
             "tokenizer": "builtin" if corpus_files is None else "trained",
@@ -434,7 +448,9 @@ def _dist_version(name: str) -> str:
         return "unknown"
 
 
-def builtin_cache_key(seed: int = 0, config_overrides: Mapping[str, Any] | None = None) -> str:
+def builtin_cache_key(
+    seed: int = 0, config_overrides: Mapping[str, Any] | None = None, architecture: str = "llama"
+) -> str:
     """The cache key of a build of the tiny model with the shipped tokenizer.
 
     Args:
@@ -454,6 +470,7 @@ def builtin_cache_key(seed: int = 0, config_overrides: Mapping[str, Any] | None 
         "builder_version": BUILDER_VERSION,
         "config": {**TINY_LLAMA_CONFIG, **dict(config_overrides or {})},
         "seed": seed,
+        **({"architecture": architecture} if architecture != "llama" else {}),
         "tokenizer": tokenizer_files,
         "torch": _dist_version("torch"),
         "transformers": _dist_version("transformers"),
@@ -463,14 +480,14 @@ def builtin_cache_key(seed: int = 0, config_overrides: Mapping[str, Any] | None 
 
 
 def _parse_builtin_spec(spec: str) -> int:
-    """Return the seed of a ``builtin:tiny-llama[?seed=N]`` spec."""
+    """Return the seed of a ``builtin:tiny-llama[?seed=N]`` (or ``tiny-mixtral``) spec."""
     from dataflex_core.errors import ConfigError
 
     name, _, query = spec.partition("?")
-    if name != TINY_LLAMA_SPEC:
+    if name not in BUILTIN_ARCHITECTURES:
         raise ConfigError(
-            f"unknown builtin model {name!r}; the builtin models are: {TINY_LLAMA_SPEC!r} "
-            f"(optionally {TINY_LLAMA_SPEC + '?seed=1'!r})"
+            f"unknown builtin model {name!r}; the builtin models are: {TINY_LLAMA_SPEC!r} and "
+            f"{TINY_MIXTRAL_SPEC!r} (optionally with a seed, e.g. {TINY_LLAMA_SPEC + '?seed=1'!r})"
         )
     params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
     unknown = sorted(set(params) - {"seed"})
@@ -507,8 +524,10 @@ def resolve_model(spec: str) -> str:
     if not spec.startswith("builtin:"):
         return spec
     seed = _parse_builtin_spec(spec)
-    out = cache_dir() / "models" / f"tiny-llama-{builtin_cache_key(seed)}"
+    name = spec.partition("?")[0]
+    arch = BUILTIN_ARCHITECTURES[name]
+    out = cache_dir() / "models" / f"tiny-{arch}-{builtin_cache_key(seed, architecture=arch)}"
     if not _is_complete_build(out):
-        logger.info("building %s (seed %d) into %s", TINY_LLAMA_SPEC, seed, out)
-        build_tiny_llama(out, seed=seed, exist_ok=True)
+        logger.info("building %s (seed %d) into %s", name, seed, out)
+        build_tiny_llama(out, seed=seed, exist_ok=True, architecture=arch)
     return str(out)

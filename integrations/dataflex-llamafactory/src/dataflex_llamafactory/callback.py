@@ -43,7 +43,10 @@ class DataflexCallback(TrainerCallback):
         get_plugin_manager().hook.dataflex_on_train_begin(run={**self.run_info, "step": state.global_step})
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.controller.on_step_end(state.global_step)
+        if hasattr(self.controller, "wants_eval_loss"):
+            self.controller.on_step_end(state.global_step, model=kwargs.get("model"))
+        else:
+            self.controller.on_step_end(state.global_step)
         get_plugin_manager().hook.dataflex_on_step_end(step=state.global_step, run=self.run_info)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

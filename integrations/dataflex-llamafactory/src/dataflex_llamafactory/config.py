@@ -78,6 +78,9 @@ class DataflexConfig:
         plot: Write ``dataflex/proportions.png`` at the end of training (rank 0).
         target_dataset: Dataset(s) of the target task (names in dataset_info.json), kept apart
             from ``eval_dataset``; used by target-aware components (ADAPT anchors).
+        mixer_eval_dataset: One fixed eval dataset per training domain, in ``dataset:`` order
+            (names in dataset_info.json), or ``auto`` for ``<domain>_eval``; mixers that read
+            per-domain eval signals (aioli: eval losses; dynamic_moe: expert gate loads) need it.
         check_state_consistency: After every update, compare the component state hash across
             ranks (fails fast on divergence) and write each rank's final state.
     """
@@ -97,6 +100,7 @@ class DataflexConfig:
     within_domain: Literal["permutation", "with_replacement"] = "permutation"
     batch_composition: Literal["mixed", "pure_micro_batch", "pure_global_batch"] = "mixed"
     target_dataset: str | list[str] | None = None
+    mixer_eval_dataset: str | list[str] | None = None
     plot: bool = True
     check_state_consistency: bool = False
 

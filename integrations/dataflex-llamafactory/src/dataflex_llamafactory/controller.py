@@ -14,6 +14,7 @@ reproducible and resumable.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from dataflex_core import (
     get_registry,
 )
 from dataflex_mix.sampler import MixtureSampler
+from dataflex_ops.loss import per_sample_loss
 
 from dataflex_llamafactory.config import RunConfig
 
@@ -117,6 +119,17 @@ class MixController:
             )
             self.mixer = get_registry().create(
                 "mixer", run.component.type, context=ctx, **run.component.params
+            )
+        # Mixers that read signals of fixed per-domain eval sets (spec §3.5, §3.6).
+        self.eval_sets: list[Any] | None = None
+        self.eval_collator: Any = None
+        self.eval_batch_size = 8
+        self.wants_eval_loss = self.mixer is not None and hasattr(self.mixer, "eval_due")
+        self.wants_gate_loads = self.mixer is not None and hasattr(getattr(self.mixer, "config", None), "collect_steps")
+        if getattr(self.mixer, "cadence", None) == "every_step" and self.cfg.update_step != 1:
+            raise ConfigError(
+                f"mixer {run.component.type!r} decides every step: set `update_step: 1` "  # type: ignore[union-attr]
+                f"(got {self.cfg.update_step})."
             )
         self.initial = self._initial_proportions()
         composition = self.cfg.batch_composition
@@ -329,11 +342,111 @@ class MixController:
         if step == 0 and self.mixer is not None and self.update_steps and self.update_steps[0] == 0:
             self._decide(0, None)
 
-    def on_step_end(self, step: int) -> None:
+    def on_step_end(self, step: int, model: Any = None) -> None:
         """Called after every optimizer step with ``step`` completed steps."""
         if self.mixer is None or step not in self._update_set:
             return
-        self._decide(step, self._reduced_feedback(step))
+        fb = self._reduced_feedback(step)
+        if self.wants_eval_loss and self.mixer.eval_due:  # type: ignore[union-attr]
+            fb = dataclasses.replace(fb, eval_loss=self._eval_losses(model))
+        if self.wants_gate_loads:
+            fb = dataclasses.replace(fb, extras={**fb.extras, "gate_loads": self._gate_loads(model)})
+        self._decide(step, fb)
+
+    # ------------------------------------------------------------------ eval-set signals
+    def _eval_pass(self, model: Any, limit: int | None, per_batch: Any) -> None:
+        """Run ``per_batch(k, outputs, batch)`` over each domain's eval rows, sharded over ranks.
+
+        Every rank makes the same number of forward calls (ZeRO-3 gathers parameters
+        collectively): shards are padded by repeating a row, and padded rows are masked out by
+        ``per_batch`` through ``batch["_real"]``.
+        """
+        if not self.eval_sets:
+            raise DataError(
+                f"mixer {self.run.component.type!r} needs fixed per-domain eval sets: set "  # type: ignore[union-attr]
+                "`dataflex.mixer_eval_dataset` (one dataset per domain, or `auto` for "
+                "`<domain>_eval`)."
+            )
+        if model is None:
+            raise StateError("no model was handed to the controller for the eval pass.")
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for k, ds in enumerate(self.eval_sets):
+                    n = len(ds) if limit is None else min(len(ds), limit)
+                    per_rank = -(-n // self.world_size)
+                    mine = list(range(self.rank, n, self.world_size))
+                    real = [True] * len(mine) + [False] * (per_rank - len(mine))
+                    mine += [mine[-1] if mine else 0] * (per_rank - len(mine))
+                    for i in range(0, per_rank, self.eval_batch_size):
+                        feats = [dict(ds[j]) for j in mine[i : i + self.eval_batch_size]]
+                        for f in feats:
+                            f.pop("domain_id", None)
+                        batch = self.eval_collator(feats)
+                        batch = {key: v.to(device) for key, v in batch.items() if isinstance(v, torch.Tensor)}
+                        batch["_real"] = torch.tensor(real[i : i + self.eval_batch_size], device=device)
+                        per_batch(k, batch)
+        finally:
+            model.train(was_training)
+
+    def _eval_losses(self, model: Any) -> list[float]:
+        """Token-mean loss of each domain's eval set (all ranks), for Aioli."""
+        sums = torch.zeros(2, self.K, dtype=torch.float64, device=next(model.parameters()).device)
+
+        def per_batch(k: int, batch: dict[str, Any]) -> None:
+            labels = batch.pop("labels")
+            real = batch.pop("_real")
+            out = model(**batch)
+            logits = out["logits"] if isinstance(out, dict) else out.logits
+            values, valid = per_sample_loss(logits, labels, reduction="sum")
+            tokens = (labels[:, 1:] != -100).sum(dim=1)
+            keep = real & valid
+            sums[0, k] += torch.where(keep, values.double(), torch.zeros_like(values, dtype=torch.float64)).sum()
+            sums[1, k] += torch.where(keep, tokens.double(), torch.zeros_like(tokens, dtype=torch.float64)).sum()
+
+        self._eval_pass(model, None, per_batch)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(sums)
+        s = sums.cpu().numpy()
+        return [float(a / b) if b > 0 else float("nan") for a, b in zip(s[0], s[1], strict=True)]
+
+    def _gate_loads(self, model: Any) -> list:
+        """Expert loads ``[K, L, E]``: top-k router assignments of each domain's eval tokens."""
+        mcfg = self.mixer.config  # type: ignore[union-attr]
+        top_k = int(getattr(model.config, "num_experts_per_tok", 0) or 0)
+        if top_k < 1:
+            raise DataError(
+                "dynamic_moe needs a mixture-of-experts model that returns router logits "
+                "(config.num_experts_per_tok); this model has none."
+            )
+        limit = int(mcfg.collect_steps) * int(mcfg.eval_batch_size)
+        loads: dict[int, torch.Tensor] = {}
+
+        def per_batch(k: int, batch: dict[str, Any]) -> None:
+            batch.pop("labels", None)
+            real = batch.pop("_real")
+            out = model(**batch, output_router_logits=True)
+            routers = out["router_logits"] if isinstance(out, dict) else out.router_logits
+            if not routers:
+                raise DataError("the model returned no router_logits; dynamic_moe needs an MoE model.")
+            mask = batch.get("attention_mask")
+            if mask is None:
+                mask = torch.ones(batch["input_ids"].shape, device=real.device)
+            tok_mask = (mask.bool() & real[:, None]).reshape(-1)
+            layers = []
+            for logits in routers:
+                chosen = logits.topk(top_k, dim=-1).indices[tok_mask]
+                layers.append(torch.bincount(chosen.reshape(-1), minlength=logits.shape[-1]).double())
+            counts = torch.stack(layers)
+            loads[k] = loads[k] + counts if k in loads else counts
+
+        self._eval_pass(model, limit, per_batch)
+        stacked = torch.stack([loads[k] for k in range(self.K)])
+        if self.world_size > 1:
+            torch.distributed.all_reduce(stacked)
+        return stacked.cpu().numpy().tolist()
 
     @property
     def _update_set(self) -> set[int]:

@@ -79,6 +79,10 @@ def preflight(run: RunConfig) -> None:
     check_datasets(_names(args.get("dataset")), dataset_dir)
     check_datasets(_names(args.get("eval_dataset")), dataset_dir, what="eval_dataset")
     check_datasets(_names(run.dataflex.target_dataset), dataset_dir, what="target_dataset")
+    mev = run.dataflex.mixer_eval_dataset
+    if mev is not None:
+        names = [f"{d}_eval" for d in _names(args.get("dataset")) or []] if mev == "auto" else _names(mev)
+        check_datasets(names, dataset_dir, what="mixer_eval_dataset")
     if run.dataflex.train_type != "static" and not _names(args.get("dataset")):
         raise ConfigError("`dataset:` is empty; dynamic training needs at least one dataset (domain).")
 
@@ -113,6 +117,25 @@ def check_datasets(names: list[str] | None, dataset_dir: str, what: str = "datas
             raise DataError(f"{what} {name!r}: file {fpath} is empty; a domain needs at least one row.")
 
 
+def _content_fingerprint(ds: Any) -> str:
+    """SHA-256 of the token ids (and labels) of a tokenised dataset, from its Arrow columns.
+
+    ``datasets``' own ``_fingerprint`` falls back to a random hash when a map function cannot
+    be hashed, so it cannot tell a resumed run whether the data changed; the content can.
+    """
+    import pyarrow.compute as pc
+
+    h = hashlib.sha256()
+    for name in ("input_ids", "labels"):
+        if name not in ds.column_names:
+            continue
+        col = ds.data.column(name)
+        h.update(name.encode())
+        h.update(pc.list_value_length(col).to_numpy(zero_copy_only=False).astype("int64").tobytes())
+        h.update(pc.list_flatten(col).to_numpy(zero_copy_only=False).astype("int64").tobytes())
+    return h.hexdigest()
+
+
 def _domain_datasets(template: Any, model_args: Any, data_args: Any, training_args: Any, stage: str, tokenizer_module: dict[str, Any]) -> tuple[Any, list[str], list[int], str]:
     """Load and preprocess each dataset as one domain; concatenate with a domain_id column."""
     from datasets import concatenate_datasets
@@ -137,10 +160,10 @@ def _domain_datasets(template: Any, model_args: Any, data_args: Any, training_ar
                 f"domain {name!r} has no rows after preprocessing (empty file, or every row longer "
                 "than cutoff_len / filtered); fix its file or remove it from `dataset:`."
             )
+        prints.append(_content_fingerprint(ds))
         ds = ds.add_column("domain_id", [k] * n)
         parts.append(ds)
         sizes.append(n)
-        prints.append(getattr(ds, "_fingerprint", "") or "")
     fingerprint = hashlib.sha256("|".join(prints).encode()).hexdigest()
     return concatenate_datasets(parts), names, sizes, fingerprint
 
@@ -169,6 +192,37 @@ def _target_dataset(run: RunConfig, template: Any, model_args: Any, data_args: A
     if ds is None or len(ds) == 0:
         raise DataError(f"target_dataset {names} has no rows after preprocessing.")
     return ds
+
+
+def _mixer_eval_sets(run: RunConfig, domains: list[str], template: Any, model_args: Any, data_args: Any, training_args: Any, stage: str, tokenizer_module: dict[str, Any]) -> list[Any]:
+    """One tokenised eval set per training domain (``mixer_eval_dataset``)."""
+    from llamafactory.data import get_dataset
+
+    spec = run.dataflex.mixer_eval_dataset
+    if spec is None:
+        raise ConfigError(
+            f"mixer {run.component.type!r} reads per-domain eval signals: set "  # type: ignore[union-attr]
+            "`dataflex.mixer_eval_dataset` to one eval dataset per domain (in `dataset:` order), "
+            "or `auto` for `<domain>_eval`."
+        )
+    names = [f"{d}_eval" for d in domains] if spec == "auto" else _names(spec) or []
+    if len(names) != len(domains):
+        raise ConfigError(
+            f"mixer_eval_dataset names {len(names)} dataset(s) {names} but there are "
+            f"{len(domains)} domains {domains}; give one eval set per domain, in order."
+        )
+    check_datasets(names, data_args.dataset_dir, what="mixer_eval_dataset")
+    out = []
+    for name in names:
+        dargs = copy.copy(data_args)
+        dargs.dataset = [name]
+        dargs.eval_dataset = None
+        dargs.tokenized_path = None
+        ds = get_dataset(template, model_args, dargs, training_args, stage=stage, **tokenizer_module).get("train_dataset")
+        if ds is None or len(ds) == 0:
+            raise DataError(f"mixer_eval_dataset {name!r} has no rows after preprocessing.")
+        out.append(ds)
+    return out
 
 
 def _load_reference(controller: Any, model: Any, tokenizer: Any, training_args: Any) -> Any:
@@ -381,6 +435,10 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
         extra = {"gen_kwargs": gen_kwargs}
     if controller is not None:
         collator = DomainCollator(collator)
+        if getattr(controller, "wants_eval_loss", False) or getattr(controller, "wants_gate_loads", False):
+            controller.eval_sets = _mixer_eval_sets(run, domains, template, model_args, data_args, training_args, stage, tokenizer_module)
+            controller.eval_collator = collator
+            controller.eval_batch_size = training_args.per_device_eval_batch_size
         if getattr(controller, "doremi", False):
             controller.reference_model = _load_reference(controller, model, tokenizer, training_args)
             controller.row_tokens = _row_token_counts(dataset_module["train_dataset"], collator)
