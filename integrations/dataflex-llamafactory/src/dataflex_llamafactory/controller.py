@@ -206,6 +206,11 @@ class MixController:
                 raise DataError(
                     f"init_mixture_proportions {list(p)} must be finite, >= 0 and sum to > 0."
                 )
+            if abs(p.sum() - 1.0) > 1e-6:
+                log.warning(
+                    "init_mixture_proportions %s sum to %.6g, not 1; normalised to %s.",
+                    list(imp), p.sum(), [round(float(x), 6) for x in p / p.sum()],
+                )
             p = p / p.sum()
         elif cfg.mixture_sample_rule == "stratified":
             sizes = np.asarray(self.domain_sizes, dtype=np.float64)
