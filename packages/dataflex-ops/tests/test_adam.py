@@ -35,6 +35,28 @@ def test_spec_example_paper_and_official() -> None:
     assert norm(official, dim=0).tolist() == pytest.approx([1.0, 6.3e-6], abs=1e-7)
 
 
+@pytest.mark.parametrize(
+    ("variant", "gamma", "normalised"),
+    [
+        ("paper", [0.999999995, 0.666667], [0.832050, 0.554700]),
+        ("official", [3.162274, 2.0e-5], [1.000000, 6.3e-6]),
+    ],
+)
+def test_spec_example_through_precondition_grads(variant, gamma, normalised) -> None:
+    """§1.4 example on the featurizer's path: moments looked up by name, β/ε from the group."""
+    moments = AdamMoments(
+        {"w": torch.zeros(2)},
+        {"w": torch.zeros(2)},
+        {"w": 0},
+        betas={"w": (0.9, 0.999)},
+        eps={"w": 1e-8},
+    )
+    got = precondition_grads({"w": torch.tensor([[2.0, 2e-8]])}, moments, variant=variant)["w"][0]
+    assert got.tolist() == pytest.approx(gamma, rel=1e-5)
+    unit = torch.nn.functional.normalize(got, dim=0)
+    assert unit.tolist() == pytest.approx(normalised, abs=1e-6 if variant == "paper" else 1e-7)
+
+
 def test_paper_variant_uses_bias_correction_with_tau_t_plus_1() -> None:
     g, m, v = torch.tensor([[0.5]]), torch.tensor([0.2]), torch.tensor([0.01])
     b1, b2, eps, t = 0.8, 0.99, 1e-3, 4

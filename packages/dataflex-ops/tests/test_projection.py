@@ -26,8 +26,8 @@ def test_dense_convention_is_r_transpose_g() -> None:
     g = torch.tensor([[1.0, 2.0, 3.0]])
     assert (g @ r).tolist() == [[0.0, 4.0]]
     proj = DenseProjector({"proj_dim": 6, "block_size": 4})
-    x = torch.tensor([[1.0, 2.0, 3.0]])
-    torch.testing.assert_close(proj.project({"t": x}), x @ proj.matrix("t", 3))
+    x = torch.arange(1.0, 9.0)[None]  # P = 8 >= d (a larger d is an error)
+    torch.testing.assert_close(proj.project({"t": x}), x @ proj.matrix("t", 8))
 
 
 def test_sjlt_spec_example() -> None:

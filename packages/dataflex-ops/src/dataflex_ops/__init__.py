@@ -1,5 +1,6 @@
 """DataFlex ops: model-dependent operations: per-sample losses, embeddings, per-sample
-gradients, Adam preconditioning, random projections, the feature store, sharded passes.
+gradients, Adam preconditioning, random projections, the feature store, sharded passes, and
+batched generation and scoring (inference).
 
 Names are imported lazily (PEP 562): plugin discovery imports ``dataflex_ops.plugin`` and
 therefore this package, and must not pay for importing torch.
@@ -68,6 +69,21 @@ _LAZY: dict[str, str] = {
     "sharded_features": "dataflex_ops.distributed",
     "model_identity": "dataflex_ops.identity",
     "checkpoint_identity": "dataflex_ops.identity",
+    "GenerateConfig": "dataflex_ops.inference",
+    "ScoreConfig": "dataflex_ops.inference",
+    "Generations": "dataflex_ops.inference",
+    "generate": "dataflex_ops.inference",
+    "generate_sequences": "dataflex_ops.inference",
+    "score": "dataflex_ops.inference",
+    "score_sequences": "dataflex_ops.inference",
+    "RewardModelConfig": "dataflex_ops.inference",
+    "RewardModelScorer": "dataflex_ops.inference",
+    "TokenizerMismatch": "dataflex_ops.inference",
+    "tokenizer_fingerprint": "dataflex_ops.inference",
+    "check_same_tokenizer": "dataflex_ops.inference",
+    "domain_eval_losses": "dataflex_ops.inference",
+    "Generation": "dataflex_ops.inference",
+    "SequenceLogprob": "dataflex_ops.inference",
 }
 
 __all__ = [
@@ -79,6 +95,9 @@ __all__ = [
     "FeatureStore",
     "FeatureStoreError",
     "FeatureStoreWriter",
+    "GenerateConfig",
+    "Generation",
+    "Generations",
     "GradStrategyError",
     "MissingMomentError",
     "PerSampleGrad",
@@ -89,13 +108,20 @@ __all__ = [
     "PerSampleLossUnavailable",
     "Projector",
     "ProjectorConfig",
+    "RewardModelConfig",
+    "RewardModelScorer",
+    "ScoreConfig",
+    "SequenceLogprob",
     "SparseProjector",
+    "TokenizerMismatch",
     "adam_precondition",
     "assemble_by_index",
     "canonical_name",
+    "check_same_tokenizer",
     "checkpoint_identity",
     "checkpoint_lr_weights",
     "combine_checkpoints",
+    "domain_eval_losses",
     "embed_batch",
     "embed_dataset",
     "embed_texts",
@@ -103,6 +129,8 @@ __all__ = [
     "factorized_grads",
     "fingerprint_rows",
     "gather_by_index",
+    "generate",
+    "generate_sequences",
     "load_trainer_moments",
     "make_projector",
     "model_identity",
@@ -111,11 +139,14 @@ __all__ = [
     "per_sample_loss",
     "pool_hidden",
     "precondition_grads",
+    "score",
+    "score_sequences",
     "select_parameters",
     "shard_indices",
     "sharded_features",
     "store_key",
     "token_counts",
+    "tokenizer_fingerprint",
     "trainer_parameter_groups",
 ]
 
@@ -159,6 +190,23 @@ if TYPE_CHECKING:
     from dataflex_ops.identity import (
         checkpoint_identity,
         model_identity,
+    )
+    from dataflex_ops.inference import (
+        GenerateConfig,
+        Generation,
+        Generations,
+        RewardModelConfig,
+        RewardModelScorer,
+        ScoreConfig,
+        SequenceLogprob,
+        TokenizerMismatch,
+        check_same_tokenizer,
+        domain_eval_losses,
+        generate,
+        generate_sequences,
+        score,
+        score_sequences,
+        tokenizer_fingerprint,
     )
     from dataflex_ops.loss import (
         PerSampleLoss,

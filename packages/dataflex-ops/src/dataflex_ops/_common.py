@@ -29,6 +29,7 @@ __all__ = [
     "iter_batches",
     "batch_size_of",
     "compact_rows",
+    "check_token_batch",
 ]
 
 #: Prefixes that wrappers add to parameter names (DDP / DeepSpeed engine ``module.``, PEFT
@@ -137,6 +138,17 @@ def select_parameters(
     else:
         patterns = [re.compile(x) for x in params]
         chosen = [(n, p) for n, p in named if any(r.search(n) for r in patterns)]
+        unmatched = [r.pattern for r in patterns if not any(r.search(n) for n, _ in named)]
+        if chosen and unmatched:
+            # a module the config names but the model lacks (a typo, another architecture, or
+            # LoRA target modules that were not adapted) must not silently shrink θ_f
+            sample = ", ".join(n for n, _ in named[:5])
+            raise ValueError(
+                f"the parameter pattern(s) {unmatched} match no parameter of "
+                f"{type(module).__name__}, so the model lacks those modules; parameters look "
+                f"like: {sample}. Fix or drop the pattern(s) so that every one names a module "
+                "of this model."
+            )
     if not chosen:
         sample = ", ".join(n for n, _ in named[:5])
         raise ValueError(
@@ -145,6 +157,32 @@ def select_parameters(
             "regular expressions."
         )
     return chosen
+
+
+def check_token_batch(input_ids: Any, what: str) -> None:
+    """Raise a :class:`dataflex_core.DataError` for a batch without samples or without tokens.
+
+    Per-sample ops mask individual samples without a supervised token (``valid = False``), but
+    a ``[0, T]`` or ``[B, 0]`` batch means the examples were dropped or tokenised to nothing
+    upstream; the model would fail on it with an unrelated shape error.
+    """
+    from dataflex_core import DataError
+
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)
+        raise DataError(f"{what} needs input_ids of shape [B, T], got {shape}.")
+    b, t = input_ids.shape
+    if b == 0:
+        raise DataError(
+            f"{what} got a batch with no samples (input_ids has shape [0, {t}]); check the "
+            "indices or the filter that built the batch, and skip empty batches."
+        )
+    if t == 0:
+        raise DataError(
+            f"{what} got {b} empty sequences (input_ids has shape [{b}, 0]): no sample has a "
+            "token. Check the tokenisation and cutoff_len, and drop empty examples before "
+            "computing features."
+        )
 
 
 def parameter_hash(names_and_shapes: Iterable[tuple[str, Sequence[int]]]) -> str:

@@ -327,7 +327,29 @@ def load_trainer_moments(checkpoint: str | os.PathLike[str], model: torch.nn.Mod
             for key in group.get("params", []):
                 if isinstance(key, str):
                     group_of[canonical_name(key)] = group
+        shapes = {
+            canonical_name(n): tuple(getattr(p, "ds_shape", None) or p.shape)
+            for n, p in params.items()
+        }
+        if not set(lookup) & set(shapes):
+            raise DataError(
+                f"{path}: the optimizer state names none of the model's parameters (saved: "
+                f"{', '.join(sorted(lookup)[:3])}; model: {', '.join(sorted(shapes)[:3])}). "
+                "It belongs to another model; pass the checkpoint of the run that trained "
+                "this model."
+            )
         for name, key in lookup.items():
+            moment = state[key].get("exp_avg") if isinstance(state[key], Mapping) else None
+            if (
+                isinstance(moment, torch.Tensor)
+                and name in shapes
+                and tuple(moment.shape) != shapes[name]
+            ):
+                raise DataError(
+                    f"{path}: the saved moment of {name} has shape {tuple(moment.shape)} but the "
+                    f"model's parameter has shape {shapes[name]}; the optimizer state belongs "
+                    "to another model. Pass the checkpoint of the run that trained this model."
+                )
             _put(out, name, state[key], group_of.get(name, {}))
         return out
 
@@ -351,12 +373,17 @@ def load_trainer_moments(checkpoint: str | os.PathLike[str], model: torch.nn.Mod
             entry = state.get(idx)
             if entry is None:
                 continue  # never stepped (e.g. no gradient yet): reported by require()
+            moment = entry.get("exp_avg")
+            if moment is None:
+                continue  # not Adam state (e.g. SGD momentum): reported by require()
             shape = tuple(getattr(params[name], "ds_shape", None) or params[name].shape)
-            if tuple(entry["exp_avg"].shape) != shape:
+            if tuple(moment.shape) != shape:
                 raise DataError(
-                    f"{path}: saved moment #{idx} has shape {tuple(entry['exp_avg'].shape)} but "
-                    f"the reconstructed order maps it to {name} of shape {shape}; the model "
-                    "does not match the trained one (or the Trainer used custom param groups)."
+                    f"{path}: saved moment #{idx} has shape {tuple(moment.shape)} but the "
+                    f"reconstructed order maps it to {name} of shape {shape}; the optimizer "
+                    "state does not belong to this model (or the Trainer used custom param "
+                    "groups). Pass the checkpoint of the run that trained this model, loaded "
+                    "with the same adapters and frozen parameters."
                 )
             _put(out, canonical_name(name), entry, group)
     return out

@@ -235,6 +235,15 @@ def sharded_features(
     result: dict[str, Any] = {}
     for k in keys:
         result[k] = gather_by_index(local, torch.cat(parts[k]), n, group=group)
+    valid = result.get("valid")
+    if isinstance(valid, torch.Tensor) and valid.dtype == torch.bool and not bool(valid.any()):
+        # every rank sees the same gathered mask, so every rank raises
+        raise DataError(
+            f"none of the {n} samples gave a valid feature: per-sample losses and gradients "
+            "need at least one supervised token (a label other than -100 after the first "
+            "position), embeddings at least one unmasked token. Check the label masking "
+            "(prompt masking, cutoff_len truncating every response) and drop empty examples."
+        )
     if dist is not None and extras:
         seen: list[Any] = [None] * world_size
         dist.all_gather_object(seen, extras, group=group)

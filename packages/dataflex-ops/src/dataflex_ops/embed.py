@@ -27,7 +27,14 @@ from typing import Any, Literal
 import torch
 from dataflex_core import ComponentContext, ConfigError, DataError, parse_config
 
-from dataflex_ops._common import compact_rows, eval_mode, iter_batches, model_inputs, unwrap_model
+from dataflex_ops._common import (
+    check_token_batch,
+    compact_rows,
+    eval_mode,
+    iter_batches,
+    model_inputs,
+    unwrap_model,
+)
 
 __all__ = [
     "POOLINGS",
@@ -175,6 +182,8 @@ def embed_batch(
     """
     inputs = _to_device(model_inputs(batch), _device_of(model))
     ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
+    if ids is not None:
+        check_token_batch(ids, "embeddings")
     if isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor) and ids.dim() == 2:
         # real tokens first: positions 0..n-1 whatever the padding side
         seq = {

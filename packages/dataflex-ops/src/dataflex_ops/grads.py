@@ -50,6 +50,7 @@ from dataflex_core import ComponentContext, ConfigError, parse_config
 
 from dataflex_ops._common import (
     canonical_name,
+    check_token_batch,
     compact_rows,
     eval_mode,
     is_zero3_model,
@@ -165,6 +166,12 @@ def _prepare(
     if "labels" not in batch or "input_ids" not in batch:
         raise KeyError("per-sample gradients need a batch with 'input_ids' and 'labels'.")
     inputs = model_inputs(batch)
+    check_token_batch(inputs["input_ids"], "per-sample gradients")
+    if tuple(batch["labels"].shape) != tuple(inputs["input_ids"].shape):
+        raise ValueError(
+            f"labels {tuple(batch['labels'].shape)} and input_ids "
+            f"{tuple(inputs['input_ids'].shape)} must have the same [B, T] shape."
+        )
     ids = inputs.pop("input_ids").to(device)
     mask = inputs.pop("attention_mask", None)
     mask = mask.to(device) if mask is not None else None
@@ -271,8 +278,20 @@ def _grads_loop(
     fkw = _forward_kwargs(module)
     rows = list(range(ids.shape[0])) if rows is None else list(rows)
     out: dict[str, list[torch.Tensor]] = {n: [] for n, _ in chosen}
+    valid = _valid_of(labels, ignore_index)
+    # ZeRO-3 gathers parameters in forward and backward (collectives), so every rank must run
+    # both for every row, including rows without a supervised token
+    lockstep = is_zero3_model(module)
     with _requiring_grad(params), torch.enable_grad():
         for i in rows:
+            if not lockstep and not bool(valid[i]):
+                # no supervised token (or fewer than two tokens): nothing to differentiate;
+                # the caller sets the row to NaN
+                for name, p in chosen:
+                    out[name].append(
+                        torch.zeros(_full_shape(p), dtype=torch.float32, device=ids.device)
+                    )
+                continue
             n = max(int(mask[i].sum().item()), 1)
             kwargs = {k: v[i : i + 1, :n] for k, v in extra.items()}
             output = module(
@@ -287,7 +306,10 @@ def _grads_loop(
             loss, _ = per_sample_loss(
                 logits, labels[i : i + 1, :n], reduction=reduction, ignore_index=ignore_index
             )
-            loss = torch.nan_to_num(loss[0], nan=0.0)  # invalid sample: zero, masked below
+            if bool(valid[i]):
+                loss = loss[0]
+            else:  # ZeRO-3 lockstep: a zero loss that still has a graph; masked by the caller
+                loss = logits.float().sum() * 0.0
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for (name, p), g in zip(chosen, grads, strict=True):
                 if g is None:
@@ -413,6 +435,11 @@ def _capture_linear(
             # a sum, so each sample's δ is the gradient of its own loss
             total = torch.where(valid, losses, torch.zeros_like(losses)).sum()
             flat_outs = [o for n, _, _ in targets for o in outputs[n]]
+            if not total.requires_grad:
+                # no row has two tokens, so no loss term has a graph: a zero loss with one
+                # (every δ is zero, the rows are masked; the backward still runs, which keeps
+                # ZeRO-3 ranks in lockstep)
+                total = logits.float().sum() * 0.0
             deltas = torch.autograd.grad(total, flat_outs, allow_unused=True)
         pos = 0
         for name, _, _ in targets:

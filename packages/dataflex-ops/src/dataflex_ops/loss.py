@@ -236,6 +236,10 @@ class PerSampleLoss:
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k not in SIDE_KEYS}
         ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
+        if ids is not None:
+            from dataflex_ops._common import check_token_batch  # _common imports this module
+
+            check_token_batch(ids, "per_sample_loss")
         if (
             isinstance(ids, torch.Tensor)
             and isinstance(mask, torch.Tensor)

@@ -4,7 +4,9 @@ torch is imported inside the hook functions, never at module import, so that plu
 (``dataflex-cli components``) stays fast.
 
 Featurizers: ``per_sample_loss``, ``embedding``, ``per_sample_grad``, ``projector_dense`` and
-``projector_sparse`` (projectors are featurizers of gradients: ``project(grads)``).
+``projector_sparse`` (projectors are featurizers of gradients: ``project(grads)``), and the
+inference featurizers ``generation`` and ``sequence_logprob`` (:mod:`dataflex_ops.inference`,
+which handles plain, DDP and ZeRO-3 models itself).
 
 ``dataflex_make_featurizer`` has two implementations here: ``zero3_make_featurizer`` answers
 only for DeepSpeed ZeRO-3 partitioned models (parameters tagged ``ds_id``/``ds_status``) and
@@ -46,13 +48,25 @@ FEATURIZER_KINDS: dict[str, tuple[str, str]] = {
         "dataflex_ops.projection:SparseProjector",
         "dataflex_ops.projection:SparseProjector",
     ),
+    # one class each: they shard and run in lockstep themselves
+    "generation": ("dataflex_ops.inference:Generation", "dataflex_ops.inference:Generation"),
+    "sequence_logprob": (
+        "dataflex_ops.inference:SequenceLogprob",
+        "dataflex_ops.inference:SequenceLogprob",
+    ),
 }
 
 #: Keys of a ``dataflex_make_featurizer`` context that are runtime objects, not config keys.
 RUNTIME_KEYS: tuple[str, ...] = ("optimizer", "component_context")
 
 #: Kinds ``dataflex_compute_features`` computes from a model and a batch.
-COMPUTE_KINDS: tuple[str, ...] = ("per_sample_loss", "embedding", "per_sample_grad")
+COMPUTE_KINDS: tuple[str, ...] = (
+    "per_sample_loss",
+    "embedding",
+    "per_sample_grad",
+    "generation",
+    "sequence_logprob",
+)
 
 #: Featurizers kept for ``dataflex_compute_features`` (each may hold a projector cache).
 _CACHE_SIZE = 4
@@ -97,6 +111,20 @@ def dataflex_register_featurizers() -> list[ComponentSpec]:
             factory="dataflex_ops.projection:SparseProjector",
             summary="Seeded sparse JL / CountSketch projection (s nonzeros per coordinate).",
             paper="arXiv:1012.1577 (Kane-Nelson)",
+        ),
+        ComponentSpec(
+            kind="featurizer",
+            name="generation",
+            factory="dataflex_ops.inference:Generation",
+            summary="Batched, per-row seeded generation from the live model (NICE rollouts).",
+            paper="",
+        ),
+        ComponentSpec(
+            kind="featurizer",
+            name="sequence_logprob",
+            factory="dataflex_ops.inference:SequenceLogprob",
+            summary="Log-likelihood of each response given its prompt (sum or token mean).",
+            paper="",
         ),
     ]
 
@@ -182,13 +210,15 @@ def _cached(kind: str, zero3: bool, options: Mapping[str, Any]) -> Any:
 def dataflex_compute_features(
     model: Any, batch: Any, kind: str, options: Mapping[str, Any]
 ) -> Any | None:
-    """Computes ``per_sample_loss``, ``embedding`` and ``per_sample_grad``; None otherwise.
+    """Computes ``per_sample_loss``, ``embedding``, ``per_sample_grad``, ``generation`` and
+    ``sequence_logprob``; None otherwise.
 
     ``options`` holds the featurizer's config keys (e.g. :class:`~dataflex_ops.loss.
     PerSampleLossConfig`, :class:`~dataflex_ops.embed.EmbeddingConfig`,
-    :class:`~dataflex_ops.grads.PerSampleGradConfig`), validated strictly: an unknown key is a
-    :class:`~dataflex_core.ConfigError` naming the closest valid one. ZeRO-3 partitioned
-    models get the ZeRO-3 featurizers.
+    :class:`~dataflex_ops.grads.PerSampleGradConfig`, :class:`~dataflex_ops.inference.
+    GenerateConfig`, :class:`~dataflex_ops.inference.ScoreConfig`), validated strictly: an
+    unknown key is a :class:`~dataflex_core.ConfigError` naming the closest valid one. ZeRO-3
+    partitioned models get the ZeRO-3 featurizers.
     """
     if kind not in COMPUTE_KINDS:
         return None

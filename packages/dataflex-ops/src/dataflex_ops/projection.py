@@ -26,9 +26,9 @@ Three matrices, all seeded by :func:`dataflex_core.derive` (or TRAK's rule in ``
     a ``torch.Generator`` on the projection device, in ``projection_input_dtype``, seeded with
     ``seed + 1000·b + 100000·model_id`` (``bernoulli_(0.5)·2 − 1`` or ``normal_``); output
     columns ``[b·bs, min((b+1)·bs, d))`` use the block's first columns; each given batch is
-    projected in one product per block. Bit-compatibility with the ``traker`` package is **not
-    verified** by the test suite (``traker`` cannot be installed here); see
-    ``docs/ops/projection.md`` for what was checked. The full ``P×block_size`` block is
+    projected in one product per block. On the CPU this is bit-identical to the ``traker``
+    package's ``BasicProjector`` (float32 and float16, Rademacher and Gaussian; tested against
+    the installed package in ``tests/test_trak_compat.py``). The full ``P×block_size`` block is
     materialised.
 
 ``sjlt`` (sparse JL / CountSketch, Kane–Nelson)
@@ -205,8 +205,20 @@ class Projector:
 
         Returns:
             ``[B, d]`` in ``output_dtype``, on the gradients' device.
+
+        Raises:
+            ConfigError: when ``proj_dim`` exceeds the gradient dimension ``P``.
         """
         items = _as_items(grads, name)
+        total = sum(g.shape[1] for _, g in items)
+        if total < self.config.proj_dim:
+            names = ", ".join(n for n, _ in items[:3]) + (" ..." if len(items) > 3 else "")
+            raise ConfigError(
+                f"proj_dim = {self.config.proj_dim} is larger than the gradient it projects "
+                f"(P = {total:,} values over {len(items)} tensor(s): {names}); a random "
+                f"projection must reduce the dimension. Set proj_dim <= {total:,}, or drop the "
+                "projector and use the gradients as they are."
+            )
         out = self._project(items)
         if self.config.scale:
             out = out / self._scale_divisor()
@@ -215,7 +227,8 @@ class Projector:
     __call__ = project
 
     def matrix(self, name: str, numel: int) -> torch.Tensor:
-        """The dense ``[numel, d]`` block ``R_p`` of one tensor (tests and small inputs only)."""
+        """The dense ``[numel, d]`` block ``R_p`` of one tensor (tests and small inputs only;
+        ``numel < d`` is allowed here)."""
         eye = torch.eye(numel, dtype=torch.float32)
         return self._project([(name, eye)])
 

@@ -156,6 +156,24 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_MISSING = "<missing>"
+
+
+def _first_difference(path: str, a: Any, b: Any) -> tuple[str, Any, Any]:
+    """The first sub-key where two JSON values differ: ``(dotted path, a there, b there)``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            va, vb = a.get(key, _MISSING), b.get(key, _MISSING)
+            if va != vb:
+                return _first_difference(f"{path}.{key}", va, vb)
+    return path, a, b
+
+
+def _short(value: Any) -> str:
+    text = value if value == _MISSING else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _shard_name(s: int) -> str:
     return f"shard-{s:05d}.npy"
 
@@ -174,12 +192,20 @@ class FeatureStore:
     # ---------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> FeatureStore:
+    def open(
+        cls, path: str | os.PathLike[str], *, expect: Mapping[str, Any] | None = None
+    ) -> FeatureStore:
         """Open the store in folder ``path`` (``<root>/<key>``).
+
+        Args:
+            path: The store folder.
+            expect: Identity entries the store must have (see :meth:`check_identity`), e.g.
+                ``{"model": model_identity(model), "config": {...}}``: a store computed for
+                another model, parameter set or projector is refused.
 
         Raises:
             FeatureStoreError: when there is no manifest, it has another format or version,
-                or its key does not match its identity.
+                its key does not match its identity, or it does not match ``expect``.
         """
         folder = Path(path)
         file = folder / MANIFEST
@@ -196,7 +222,43 @@ class FeatureStore:
             )
         if store_key(manifest["identity"]) != manifest.get("key"):
             raise FeatureStoreError(f"{file}: the key does not match the identity (edited?).")
-        return cls(folder, manifest)
+        store = cls(folder, manifest)
+        if expect is not None:
+            store.check_identity(expect)
+        return store
+
+    def check_identity(self, expect: Mapping[str, Any]) -> None:
+        """Refuse a store whose identity differs from ``expect`` in any entry ``expect`` has.
+
+        Only the top-level entries named in ``expect`` are compared (e.g. ``model`` and
+        ``config`` but not ``data``, when target features of other data must live in the same
+        space), each one as a whole; the error names the first differing sub-key.
+
+        Raises:
+            FeatureStoreError: naming the entry, both values and the fix.
+        """
+        stored = self.identity
+        for field in expect:
+            try:
+                want = json.loads(_canonical_json(expect[field]))
+            except (TypeError, ValueError) as exc:
+                raise FeatureStoreError(
+                    f"the expected identity entry {field!r} must be JSON-safe: {exc}"
+                ) from exc
+            have = stored.get(field, _MISSING)
+            if have == want:
+                continue
+            where, a, b = _first_difference(field, have, want)
+            what = {"model": "another model", "config": "another featurizer config"}.get(
+                field, f"another {field!r}"
+            )
+            raise FeatureStoreError(
+                f"the feature store at {self.path} was computed for {what}: {where} is "
+                f"{_short(a)} in the store but {_short(b)} now. Features of different models, "
+                "parameter sets or projectors are never compared; recompute the features for "
+                "this model (a store keyed by the new identity) or point to the store made "
+                "with it."
+            )
 
     @classmethod
     def find(cls, root: str | os.PathLike[str], identity: Mapping[str, Any]) -> FeatureStore | None:
