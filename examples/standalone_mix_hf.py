@@ -4,7 +4,7 @@ Three synthetic token domains are trained together; the ``odm`` mixer (Online Da
 arXiv 2312.02406) moves the sampling proportions toward the domains whose training loss is high:
 
 * ``low``: tokens drawn uniformly from 0-19 (irreducible loss ln 20 ≈ 3.0);
-* ``pattern``: a repeating 8-token cycle from 20-39 with a random phase (learnable, loss → ~0);
+* ``pattern``: the cycle 20, 22, ..., 34 repeated, with a random phase (learnable: its loss falls);
 * ``high``: tokens drawn uniformly from 40-63 (irreducible loss ln 24 ≈ 3.2).
 
 The wiring, all of it in this file:
@@ -20,10 +20,11 @@ The wiring, all of it in this file:
   that starts at the **next** step.
 
 Why the next step: the Trainer's data loader (accelerate) draws one micro-batch ahead. When
-``on_step_end`` runs after step ``s`` (``state.global_step == s``), the rows of step ``s`` (the
-``s+1``-th step) are already drawn. A decision made then can only shape steps ``s+1`` onward, so
-windows start at ``0`` and at ``u*UPDATE_STEP + 1``. If the loader ever asked for a window before
-its decision existed, ``proportions_for`` would raise instead of silently using a stale one.
+``on_step_end`` runs with ``state.global_step == s``, the first micro-batch of step ``s``
+(0-based: the ``s+1``-th step) is already drawn. A decision made then can only shape steps
+``s+1`` onward, so windows start at ``0`` and at ``u*UPDATE_STEP + 1``. If the loader ever asked
+for a window before its decision existed, ``proportions_for`` would raise instead of silently
+using a stale one.
 ``dataloader_num_workers`` must stay 0, since worker prefetching would draw further ahead.
 
 The mixer is the paper's ODM: each micro-batch is one arm pull, so the sampler makes every
@@ -94,13 +95,15 @@ class MixState:
         self.mixer = mixer
         self.K = len(DOMAINS)
         self.update_step = update_step
-        # A decision after step s (s = U, 2U, ...) applies from step s + 1: the loader has
-        # already drawn the rows of step s when on_step_end(s) runs.
+        # A decision after step s (s = U, 2U, ...) applies from step s + 1: when on_step_end(s)
+        # runs, the loader has already drawn the first micro-batch of step s.
         self.window_starts = [0] + [
             s + 1 for s in range(update_step, total_steps, update_step) if s + 1 < total_steps
         ]
-        self.window_props: dict[int, list[float]] = {0: list(mixer.proportions)}  # decision at s = 0
-        self.sums = torch.zeros(3, self.K, dtype=torch.float64)  # loss_sum, token_count, sample_count
+        # Window 0 uses the decision at s = 0: the mixer's initial policy.
+        self.window_props: dict[int, list[float]] = {0: list(mixer.proportions)}
+        # Rows: loss_sum, token_count, sample_count; one column per domain.
+        self.sums = torch.zeros(3, self.K, dtype=torch.float64)
         self.trained_rows = np.zeros(self.K, dtype=np.int64)
         self.last_losses = [0.0] * self.K
 
@@ -135,7 +138,7 @@ class MixState:
 
 
 # --------------------------------------------------------------------------- trainer
-def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token causal-LM losses ``[B, T-1]`` (0 where unsupervised) and tokens per sample."""
     targets = labels[:, 1:]
     ce = F.cross_entropy(
@@ -163,15 +166,16 @@ class MixingTrainer(Trainer):
             "global_batch": "pure_global_batch",
             "mixed": "mixed",
         }[getattr(mixer, "arm_unit", "mixed")]
+        args = self.args
         return MixtureSampler(
             [ROWS_PER_DOMAIN] * len(DOMAINS),  # rows are concatenated domain by domain
-            samples_per_step=self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps,
-            total_steps=self.args.max_steps,
+            samples_per_step=args.per_device_train_batch_size * args.gradient_accumulation_steps,
+            total_steps=args.max_steps,
             proportions_for=self.mix.proportions_for,
             window_starts=self.mix.window_starts,
-            seed=self.args.seed,
+            seed=args.seed,
             batch_composition=composition,
-            micro_batch_size=self.args.per_device_train_batch_size,
+            micro_batch_size=args.per_device_train_batch_size,
             domain_names=DOMAINS,
         )
 
@@ -179,11 +183,11 @@ class MixingTrainer(Trainer):
         domain_ids = inputs.pop("domain_id")
         labels = inputs.pop("labels")
         outputs = model(**inputs)  # no labels: the model computes no loss of its own
-        token_losses, tokens = per_sample_losses(outputs.logits, labels)
-        loss = token_losses.sum() / tokens.sum().clamp_min(1)
+        per_token, tokens = token_losses(outputs.logits, labels)
+        loss = per_token.sum() / tokens.sum().clamp_min(1)
         if model.training:
             with torch.no_grad():
-                means = token_losses.detach().sum(dim=1) / tokens.clamp_min(1)
+                means = per_token.detach().sum(dim=1) / tokens.clamp_min(1)
             self.mix.record(domain_ids, means, tokens)
         return (loss, outputs) if return_outputs else loss
 
@@ -198,8 +202,9 @@ class MixingCallback(TrainerCallback):
         s = state.global_step  # optimizer steps completed
         if s % self.mix.update_step == 0 and s < args.max_steps:
             p = self.mix.decide(s)
+            props = "  ".join(f"{x:7.3f}" for x in p)
             losses = " ".join(f"{x:4.2f}" for x in self.mix.last_losses)
-            print(f"{s:4d}  " + "  ".join(f"{x:7.3f}" for x in p) + f"   from step {s + 1}; losses {losses}")
+            print(f"{s:4d}  {props}   from step {s + 1}; losses {losses}")
 
 
 # --------------------------------------------------------------------------- main
@@ -252,8 +257,9 @@ def main() -> None:
             callbacks=[MixingCallback(mix)],
             mix=mix,
         )
-        print("step  " + "  ".join(f"{d:>7}" for d in DOMAINS) + "   (proportions; token-mean loss per domain")
-        print("                                  since the last update, 0 where no row was drawn)")
+        names = "  ".join(f"{d:>7}" for d in DOMAINS)
+        print(f"step  {names}   proportions, then the token-mean loss per domain since the")
+        print(f"{'':38}last update (0: no row of the domain was drawn)")
         result = trainer.train()
     final = dict(zip(DOMAINS, (round(float(p), 4) for p in mixer.proportions), strict=True))
     print(f"final training loss {result.training_loss:.4f}")
