@@ -78,9 +78,16 @@ def main() -> None:
         keep = {int(i) for i in args.only.split(",")}
         vs = {k: v for i, (k, v) in enumerate(vs.items()) if i in keep or i == 0}
     times: dict[str, list[float]] = {k: [] for k in vs}
+    items = list(vs.items())
     with tempfile.TemporaryDirectory() as tmp:
+        # One untimed run first: the first process after a pause was seen to run many times
+        # slower on this VM, which would bias whichever variant comes first.
+        run_once(items[0][1], args.steps, Path(tmp) / "warmup", env)
         for r in range(args.repeats):
-            for i, (name, df) in enumerate(vs.items()):
+            # Rotate the order each repeat so no variant always runs in the same slot.
+            for j in range(len(items)):
+                i = (j + r) % len(items)
+                name, df = items[i]
                 t = run_once(df, args.steps, Path(tmp) / f"r{r}v{i}", env)
                 times[name].append(t)
                 print(f"repeat {r} {name}: {t:.2f} s", flush=True)
@@ -89,6 +96,8 @@ def main() -> None:
     lines = [
         f"### {'Mixing' if args.paradigm == 'mix' else 'Weighting'} overhead in training "
         f"({args.steps} steps, tiny Llama, G = 8, median of {args.repeats})",
+        "",
+        "Variants run interleaved, in a rotating order, after one untimed warm-up run.",
         "",
         "| variant | train_runtime (s), median | runs (s) | ratio to static |",
         "| --- | ---: | --- | ---: |",
