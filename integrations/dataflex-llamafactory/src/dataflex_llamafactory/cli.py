@@ -1,4 +1,4 @@
-"""``dataflex-cli``: train, version, plugins, components."""
+"""``dataflex-cli``: train, select, version, plugins, components."""
 
 from __future__ import annotations
 
@@ -107,6 +107,41 @@ def _cmd_train(ns: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _budget_arg(text: str) -> float | int:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--budget {text!r} is neither a row count (integer) nor a fraction (e.g. 0.05)"
+        ) from None
+
+
+def _cmd_select(ns: argparse.Namespace) -> int:
+    from dataflex_llamafactory.config import load_run_config
+    from dataflex_llamafactory.versions import check_versions
+
+    check_versions()
+    overrides = list(ns.overrides)
+    # The schedule keys do not matter offline: accept train configs without update_step.
+    import yaml
+
+    raw = yaml.safe_load(Path(ns.config).read_text()) if Path(ns.config).is_file() else None
+    block = (raw or {}).get("dataflex") or {}
+    if isinstance(block, dict) and not block.get("update_step") and not (raw or {}).get("update_step"):
+        overrides.append("dataflex.update_step=1")
+    run = load_run_config(ns.config, overrides)
+    from dataflex_llamafactory.offline import run_select
+
+    report = run_select(run, budget=ns.budget)
+    print(f"selected {report['budget']} of {report['num_samples']} rows: {report['by_domain']}")
+    print(f"train on them with `tokenized_path: {report['tokenized_path']}`")
+    return 0
+
+
 def _version_of(dist: str) -> str:
     try:
         return md.version(dist)
@@ -163,10 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train with a LLaMA-Factory YAML plus a `dataflex:` block")
     t.add_argument("config", help="run config (YAML)")
     t.add_argument("overrides", nargs="*", help="key=value overrides; dotted keys reach into blocks")
+    sel = sub.add_parser(
+        "select", help="select a subset offline and write it as a dataset LLaMA-Factory trains on"
+    )
+    sel.add_argument("config", help="run config (YAML) with a selector in its `dataflex:` block")
+    sel.add_argument("overrides", nargs="*", help="key=value overrides; dotted keys reach into blocks")
+    sel.add_argument("--budget", type=_budget_arg, default=None,
+                     help="rows to keep: a count, or a fraction of the pool (default: the selector's budget)")
     sub.add_parser("version", help="print the versions of DataFlex and its main dependencies")
     sub.add_parser("plugins", help="list DataFlex plugins, their distributions and hooks")
     c = sub.add_parser("components", help="list every registered component with its source")
-    c.add_argument("--kind", choices=["selector", "mixer", "weighter", "featurizer", "index"], default=None)
+    c.add_argument("--kind", choices=["selector", "mixer", "weighter", "featurizer", "index", "reward"], default=None)
     return p
 
 
@@ -179,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command == "train":
             return _cmd_train(ns, argv)
+        if ns.command == "select":
+            return _cmd_select(ns)
         if ns.command == "version":
             return _cmd_version(ns)
         if ns.command == "plugins":

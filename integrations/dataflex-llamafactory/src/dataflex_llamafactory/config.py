@@ -78,6 +78,8 @@ class DataflexConfig:
         plot: Write ``dataflex/proportions.png`` at the end of training (rank 0).
         target_dataset: Dataset(s) of the target task (names in dataset_info.json), kept apart
             from ``eval_dataset``; used by target-aware components (ADAPT anchors).
+        subtask_by: How the target set splits into subtasks (LESS/NICE ``max_of_means``):
+            ``dataset`` (each target dataset is one subtask) or ``none`` (one subtask).
         mixer_eval_dataset: One fixed eval dataset per training domain, in ``dataset:`` order
             (names in dataset_info.json), or ``auto`` for ``<domain>_eval``; mixers that read
             per-domain eval signals (aioli: eval losses; dynamic_moe: expert gate loads) need it.
@@ -100,6 +102,7 @@ class DataflexConfig:
     within_domain: Literal["permutation", "with_replacement"] = "permutation"
     batch_composition: Literal["mixed", "pure_micro_batch", "pure_global_batch"] = "mixed"
     target_dataset: str | list[str] | None = None
+    subtask_by: str = "dataset"
     mixer_eval_dataset: str | list[str] | None = None
     plot: bool = True
     check_state_consistency: bool = False
@@ -126,6 +129,14 @@ class DataflexConfig:
                 f"mixture_sample_rule {self.mixture_sample_rule!r} sets fixed proportions and "
                 "cannot be combined with a dynamic mixer; use it with `static_mix: true`, or set "
                 "init_mixture_proportions for the warmup window."
+            )
+        if self.subtask_by not in ("dataset", "none"):
+            hint = (
+                " Subtasks from a column are not supported yet: give one target dataset per "
+                "subtask instead." if self.subtask_by.startswith("column:") else ""
+            )
+            raise ConfigError(
+                f"subtask_by: {self.subtask_by!r} is not valid; use 'dataset' or 'none'.{hint}"
             )
         if self.static_mix and self.train_type != "dynamic_mix":
             raise ConfigError(

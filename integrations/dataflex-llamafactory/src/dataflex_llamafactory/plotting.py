@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["plot_proportions", "plot_weight_stats"]
+__all__ = ["plot_proportions", "plot_weight_stats", "plot_selection"]
 
 
 def plot_proportions(
@@ -113,3 +113,46 @@ def plot_weight_stats(decisions_log: str | Path, out_png: str | Path) -> Path | 
     ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save_atomic(fig, out_png)
+
+
+def plot_selection(decisions_log: str | Path, out_png: str | Path, *, domains: Sequence[str]) -> Path:
+    """Stacked bars: the composition by domain of every selection (warmup draws hatched)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    records = [json.loads(ln) for ln in Path(decisions_log).read_text().splitlines() if ln.strip()]
+    records = [r for r in records if r.get("kind") == "selector"]
+    counts = np.array([[r["decision"]["by_domain"].get(d, 0) for d in domains] for r in records], dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    frac = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(records))
+    bottom = np.zeros(len(records))
+    for j, name in enumerate(domains):
+        bars = ax.bar(x, frac[:, j] if len(records) else [], bottom=bottom, label=str(name), width=0.9)
+        for b, r in zip(bars, records, strict=True):
+            if r["decision"].get("warmup"):
+                b.set_hatch("//")
+        bottom = bottom + (frac[:, j] if len(records) else 0)
+    ax.set_xticks(x, [str(r["step"]) for r in records], rotation=90 if len(records) > 20 else 0)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("decision at step (hatched: warmup draw)")
+    ax.set_ylabel("share of selected rows")
+    ax.set_title("DataFlex selection by domain")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".selection.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -10,6 +10,7 @@ or transformers is patched.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -312,6 +313,104 @@ def _mix_controller(run: RunConfig, training_args: Any, domains: list[str], size
     return controller
 
 
+def _select_controller(run: RunConfig, training_args: Any, train_ds: Any, domains: list[str], sizes: list[int], fingerprint: str) -> Any:
+    from dataflex_llamafactory.selection import SelectController
+
+    df = run.dataflex
+    G = (
+        training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * training_args.world_size
+    )
+    domain_ids = [k for k, n in enumerate(sizes) for _ in range(n)]
+    controller = SelectController(
+        run,
+        domains=domains,
+        domain_ids=domain_ids,
+        samples_per_step=G,
+        seed=training_args.seed,
+        output_dir=training_args.output_dir,
+        num_train_epochs=training_args.num_train_epochs,
+        fingerprint=fingerprint,
+    )
+    total = controller.total_steps
+    if training_args.max_steps > 0 and training_args.max_steps != total:
+        raise ConfigError(
+            f"max_steps: {training_args.max_steps} conflicts with the DataFlex schedule, which "
+            f"gives {total} steps (train_step, or num_train_epochs x Flex epoch length "
+            f"{controller.epoch_length}); set only one of them."
+        )
+    training_args.max_steps = total
+    log.info(
+        "DataFlex dynamic_select: domains %s (rows %s), G=%d, Flex epoch %d steps (%d updates), "
+        "%d steps, window %d rows", domains, sizes, G, controller.epoch_length,
+        controller.updates_per_epoch, total, controller.window,
+    )
+    return controller
+
+
+def _selector_needs_target(controller: Any) -> bool:
+    """Whether the selector's first update asks for target-set signals (a dry, pure call)."""
+    sel = controller.selector
+    if not hasattr(sel, "signals"):
+        return False
+    steps = [s for s in controller.decision_steps if controller.schedule.is_update(s)]
+    if not steps:
+        return False
+    try:
+        signals = sel.signals(controller._request(steps[0]))
+    except Exception:  # noqa: BLE001 - signals may need run-time state; decide at the update
+        return False
+    return any(sig.split == "target" for sig in signals)
+
+
+def _target_with_subtasks(run: RunConfig, template: Any, model_args: Any, data_args: Any, training_args: Any, stage: str, tokenizer_module: dict[str, Any]) -> tuple[Any, list[int]]:
+    """The target set and a subtask label per row (``subtask_by``: one per target dataset)."""
+    from datasets import concatenate_datasets
+
+    names = _names(run.dataflex.target_dataset)
+    if not names or run.dataflex.subtask_by == "none":
+        ds = _target_dataset(run, template, model_args, data_args, training_args, stage, tokenizer_module)
+        return ds, [0] * len(ds)
+    parts, labels = [], []
+    for j, name in enumerate(names):
+        single = copy.copy(run)
+        single.dataflex = dataclasses.replace(run.dataflex, target_dataset=name)
+        ds = _target_dataset(single, template, model_args, data_args, training_args, stage, tokenizer_module)
+        parts.append(ds)
+        labels += [j] * len(ds)
+    return concatenate_datasets(parts), labels
+
+
+def _collator_and_trainer(stage: str, model: Any, tokenizer: Any, template: Any, model_args: Any, data_args: Any, training_args: Any, generating_args: Any, tokenizer_module: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """LLaMA-Factory's collator for ``stage``, our trainer class, and extra trainer kwargs."""
+    from dataflex_llamafactory.trainer import DataflexPtTrainer, DataflexSftTrainer
+
+    if stage == "pt":
+        from transformers import DataCollatorForLanguageModeling
+
+        collator: Any = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
+        return collator, DataflexPtTrainer, {}
+    from llamafactory.data import SFTDataCollatorWith4DAttentionMask
+    from llamafactory.extras.constants import IGNORE_INDEX
+
+    collator = SFTDataCollatorWith4DAttentionMask(
+        template=template,
+        model=model if not training_args.predict_with_generate else None,
+        pad_to_multiple_of=8,
+        label_pad_token_id=IGNORE_INDEX if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id,
+        block_diag_attn=model_args.block_diag_attn,
+        neat_packing=data_args.neat_packing,
+        attn_implementation=getattr(model.config, "_attn_implementation", None),
+        compute_dtype=model_args.compute_dtype,
+        **tokenizer_module,
+    )
+    gen_kwargs = generating_args.to_dict(obey_generation_config=True)
+    gen_kwargs["eos_token_id"] = [tokenizer.eos_token_id]
+    gen_kwargs["pad_token_id"] = tokenizer.pad_token_id
+    return collator, DataflexSftTrainer, {"gen_kwargs": gen_kwargs}
+
+
 def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: Any = None) -> Any:
     """Run one training job; returns the trainer.
 
@@ -328,7 +427,7 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
 
     from dataflex_llamafactory.callback import DataflexCallback
     from dataflex_llamafactory.weighting import WeightController
-    from dataflex_llamafactory.trainer import DataflexPtTrainer, DataflexSftTrainer, DomainCollator
+    from dataflex_llamafactory.trainer import DomainCollator
 
     df = run.dataflex
     lf_args = prepare_lf_args(run)
@@ -341,12 +440,6 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
         raise ConfigError(f"stage {stage!r} is not supported by dataflex-cli; use one of {SUPPORTED_STAGES}.")
     if not training_args.do_train:
         raise ConfigError("do_train is false: `dataflex-cli train` trains; set do_train: true.")
-    if df.train_type == "dynamic_select":
-        raise ConfigError(
-            "train_type 'dynamic_select' is not available in this release of "
-            "dataflex-llamafactory (only 'static', 'dynamic_mix' and 'dynamic_weight'); the "
-            "selectors are usable standalone from dataflex-select."
-        )
     check_datasets(data_args.dataset, data_args.dataset_dir)
     check_datasets(data_args.eval_dataset, data_args.dataset_dir, what="eval_dataset")
 
@@ -401,44 +494,37 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
             run_info.update(max_steps=training_args.max_steps, rank=controller.rank, world_size=controller.world_size)
             log.info("DataFlex dynamic_weight: domains %s (rows %s), weighting from step %d",
                      domains, sizes, df.warmup_step)
+        elif df.train_type == "dynamic_select":
+            controller = _select_controller(run, training_args, train_ds, domains, sizes, fingerprint)
+            run_info.update(max_steps=controller.total_steps, rank=controller.rank, world_size=controller.world_size)
+            if _selector_needs_target(controller) or df.target_dataset:
+                target, subtasks = _target_with_subtasks(
+                    run, template, model_args, data_args, training_args, stage, tokenizer_module
+                )
+                controller.target = (target, subtasks)
         else:
             controller = _mix_controller(run, training_args, domains, sizes, fingerprint, len(tokenizer))
             run_info.update(max_steps=controller.total_steps, rank=controller.rank, world_size=controller.world_size)
         all_callbacks.insert(0, DataflexCallback(controller, run_info))
 
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
-    if stage == "pt":
-        from transformers import DataCollatorForLanguageModeling
-
-        collator: Any = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
-        trainer_cls: Any = DataflexPtTrainer
-        extra: dict[str, Any] = {}
-    else:
-        from llamafactory.data import SFTDataCollatorWith4DAttentionMask
-        from llamafactory.extras.constants import IGNORE_INDEX
-
-        collator = SFTDataCollatorWith4DAttentionMask(
-            template=template,
-            model=model if not training_args.predict_with_generate else None,
-            pad_to_multiple_of=8,
-            label_pad_token_id=IGNORE_INDEX if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id,
-            block_diag_attn=model_args.block_diag_attn,
-            neat_packing=data_args.neat_packing,
-            attn_implementation=getattr(model.config, "_attn_implementation", None),
-            compute_dtype=model_args.compute_dtype,
-            **tokenizer_module,
-        )
-        trainer_cls = DataflexSftTrainer
-        gen_kwargs = generating_args.to_dict(obey_generation_config=True)
-        gen_kwargs["eos_token_id"] = [tokenizer.eos_token_id]
-        gen_kwargs["pad_token_id"] = tokenizer.pad_token_id
-        extra = {"gen_kwargs": gen_kwargs}
+    collator, trainer_cls, extra = _collator_and_trainer(
+        stage, model, tokenizer, template, model_args, data_args, training_args, generating_args, tokenizer_module
+    )
     if controller is not None:
         collator = DomainCollator(collator)
         if getattr(controller, "wants_eval_loss", False) or getattr(controller, "wants_gate_loads", False):
             controller.eval_sets = _mixer_eval_sets(run, domains, template, model_args, data_args, training_args, stage, tokenizer_module)
             controller.eval_collator = collator
             controller.eval_batch_size = training_args.per_device_eval_batch_size
+        if df.train_type == "dynamic_select":
+            from dataflex_llamafactory.selection import SignalProvider
+
+            target, subtasks = getattr(controller, "target", (None, None))
+            controller.provider = SignalProvider(
+                dataset_module["train_dataset"], target, subtasks, collator.inner, tokenizer,
+                batch_size=training_args.per_device_eval_batch_size,
+            )
         if getattr(controller, "doremi", False):
             controller.reference_model = _load_reference(controller, model, tokenizer, training_args)
             controller.row_tokens = _row_token_counts(dataset_module["train_dataset"], collator)

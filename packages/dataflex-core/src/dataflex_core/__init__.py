@@ -31,7 +31,9 @@ from dataflex_core.specs import (
     ComponentSpec,
     MixDecision,
     MixFeedback,
+    SIGNAL_KINDS,
     SelectRequest,
+    SignalRequest,
     WeightFeedback,
 )
 from dataflex_core.state import check_json_safe
@@ -55,7 +57,9 @@ __all__ = [
     "PluginError",
     "Registry",
     "Schedule",
+    "SIGNAL_KINDS",
     "SelectRequest",
+    "SignalRequest",
     "Selector",
     "StateError",
     "Stateful",

@@ -62,6 +62,16 @@ def dataflex_register_index_backends() -> list[ComponentSpec]:
     """
 
 
+@hookspec
+def dataflex_register_reward_backends() -> list[ComponentSpec]:
+    """Return the reward backends (NICE ``reward.backend``) this plugin provides (``kind="reward"``).
+
+    A backend is built as ``factory(config, context)`` and scores a batch with
+    ``backend.score(prompts, responses, references, metas) -> list[float]``. Called once per
+    registry build. Collect-all.
+    """
+
+
 # --------------------------------------------------------------------------- capability
 
 

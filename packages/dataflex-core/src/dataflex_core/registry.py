@@ -21,6 +21,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "weighter": "dataflex_register_weighters",
     "featurizer": "dataflex_register_featurizers",
     "index": "dataflex_register_index_backends",
+    "reward": "dataflex_register_reward_backends",
 }
 
 

@@ -21,11 +21,13 @@ __all__ = [
     "MixFeedback",
     "MixDecision",
     "SelectRequest",
+    "SignalRequest",
+    "SIGNAL_KINDS",
     "WeightFeedback",
 ]
 
 #: The kinds of component a plugin may register.
-KINDS: tuple[str, ...] = ("selector", "mixer", "weighter", "featurizer", "index")
+KINDS: tuple[str, ...] = ("selector", "mixer", "weighter", "featurizer", "index", "reward")
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -175,6 +177,68 @@ class SelectRequest:
     num_samples: int
     warmup: bool = False
     extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: Signals a selector may ask the trainer integration for (spec §2, §5.1). Each result lands in
+#: ``SelectRequest.extras[signal.name]``, one row per requested index (``indices`` order):
+#:
+#: * ``loss``: float64 ``[n]`` token-mean loss ``ℓ_i`` under the current model (NaN = invalid).
+#: * ``embedding``: float32 ``[n, d]`` ℓ₂-normalised pooled hidden states (NaN row = invalid).
+#:   Options: ``model`` (null = the model being trained, or a path), ``layer``, ``pooling``.
+#: * ``grad_feature``: float32 ``[n, k]`` ℓ₂-normalised projected gradient features (§1.3–1.5).
+#:   Options: ``gradient_type`` (``adam``/``sgd``; the target split is always ``sgd``),
+#:   ``checkpoint`` (null = the live model and optimizer, or a checkpoint folder), and the
+#:   projector/Adam keys of the LESS table (``proj_dim``, ``projection_seeding``, ...).
+#: * ``nice_feature``: float32 ``[n, k]``: NICE target features ``normalise(Rᵀ ĝ(x))`` (§2.7).
+#: * ``text``: ``list[str]``: the raw example rendered as prompt + response.
+#: * ``subtask``: int64 ``[n]``: subtask label of each target row (``subtask_by``).
+#: * ``lr_weight``: float: the mean learning rate over the optimizer steps of a checkpoint
+#:   interval (``checkpoint`` option; null = since the previous update of this run).
+SIGNAL_KINDS: tuple[str, ...] = (
+    "loss",
+    "embedding",
+    "grad_feature",
+    "nice_feature",
+    "text",
+    "subtask",
+    "lr_weight",
+)
+
+
+@dataclass(frozen=True)
+class SignalRequest:
+    """A signal a selector needs before it can answer a :class:`SelectRequest`.
+
+    Selectors that read model or data signals implement ``signals(request) ->
+    list[SignalRequest]``; the integration computes each one and passes the results in
+    ``request.extras[name]`` to ``select``. Selectors never run models themselves.
+
+    Attributes:
+        name: Key of the result in ``SelectRequest.extras``.
+        kind: One of :data:`SIGNAL_KINDS`.
+        split: ``"train"`` (the pool) or ``"target"`` (the target set).
+        indices: Rows of the split to compute, in order; None means every row.
+        options: Kind-specific options (JSON-safe).
+    """
+
+    name: str
+    kind: str
+    split: str = "train"
+    indices: tuple[int, ...] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SIGNAL_KINDS:
+            raise PluginError(
+                f"signal {self.name!r}: unknown kind {self.kind!r}; valid kinds: "
+                f"{', '.join(SIGNAL_KINDS)}."
+            )
+        if self.split not in ("train", "target"):
+            raise PluginError(
+                f"signal {self.name!r}: split must be 'train' or 'target', got {self.split!r}."
+            )
+        if self.indices is not None and not isinstance(self.indices, tuple):
+            object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
 
 
 @dataclass(frozen=True)

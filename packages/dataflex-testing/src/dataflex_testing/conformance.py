@@ -44,6 +44,7 @@ from dataflex_core import (
     MixFeedback,
     Selector,
     SelectRequest,
+    SignalRequest,
     StateError,
     Weighter,
     WeightFeedback,
@@ -343,6 +344,10 @@ class SelectorConformance(ComponentConformance):
     ``num_samples`` (``N``), ``window`` (``n``), ``warmup_samples``, ``updates_per_epoch``,
     ``update_step`` and ``distinct_indices`` (True: with the default config, a request with
     ``n <= N`` returns distinct indices).
+
+    Selectors that read signals (``signals(request) -> list[SignalRequest]``) get synthetic,
+    deterministic ones from :meth:`signal_value`; override it to feed realistic signals.
+    ``target_size`` is the number of rows of the synthetic target set.
     """
 
     kind: ClassVar[str] = "selector"
@@ -353,9 +358,47 @@ class SelectorConformance(ComponentConformance):
     updates_per_epoch: ClassVar[int] = 3
     update_step: ClassVar[int] = 2
     distinct_indices: ClassVar[bool] = True
+    target_size: ClassVar[int] = 10
+    signal_dim: ClassVar[int] = 8
 
     def context(self) -> ComponentContext:
         return ComponentContext(seed=self.seed, num_samples=self.num_samples)
+
+    def signal_value(self, signal: SignalRequest, request: SelectRequest) -> Any:
+        """A synthetic value of ``signal`` for ``request``: deterministic per (name, step).
+
+        Rows are functions of the row index, so a candidate subset sees the same values as the
+        whole pool would.
+        """
+        size = request.num_samples if signal.split == "train" else self.target_size
+        label = sum(signal.name.encode()) * 7919 + signal.split.__len__()
+        rng = np.random.default_rng([self.seed, label, request.step, request.epoch])
+        rows = np.arange(size) if signal.indices is None else np.asarray(signal.indices, dtype=np.int64)
+        if signal.kind == "loss":
+            return rng.uniform(0.5, 5.0, size=size)[rows]
+        if signal.kind in ("embedding", "grad_feature", "nice_feature"):
+            x = rng.normal(size=(size, self.signal_dim)).astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            return x[rows]
+        if signal.kind == "text":
+            words = rng.integers(0, 50, size=(size, 12))
+            return [" ".join(f"w{w}" for w in words[i]) for i in rows]
+        if signal.kind == "subtask":
+            return (np.arange(size) % 2)[rows]
+        if signal.kind == "lr_weight":
+            return 1.0
+        raise NotImplementedError(f"no synthetic value for signal kind {signal.kind!r}")
+
+    def answer(self, selector: Any, request: SelectRequest) -> Any:
+        """Fill the signals ``selector`` asks for, then call ``select``."""
+        ask = getattr(selector, "signals", None)
+        if ask is None:
+            return selector.select(request)
+        extras = dict(request.extras)
+        for sig in ask(request):
+            assert isinstance(sig, SignalRequest), f"signals() returned {sig!r}"
+            extras[sig.name] = self.signal_value(sig, request)
+        return selector.select(dataclasses.replace(request, extras=extras))
 
     def request(self, step: int, epoch: int, update: int) -> SelectRequest:
         """The request of ``update`` (-1: the warmup draw) of ``epoch`` at global ``step``."""
@@ -382,7 +425,7 @@ class SelectorConformance(ComponentConformance):
         return self.request(global_step, epoch, update)
 
     def decide(self, component: Any, feedback: Any) -> Any:
-        return component.select(feedback)
+        return self.answer(component, feedback)
 
     def comparable(self, decision: Any) -> Any:
         return [int(i) for i in decision]
@@ -393,7 +436,7 @@ class SelectorConformance(ComponentConformance):
         for config in self.valid_configs():
             selector = self.make(**config)
             for req in requests:
-                got = list(selector.select(req))
+                got = list(self.answer(selector, req))
                 assert len(got) == req.n, f"{len(got)} indices for n={req.n} (config {config})"
                 for i in got:
                     assert isinstance(i, (int, np.integer)) and not isinstance(i, bool), repr(i)
@@ -406,14 +449,14 @@ class SelectorConformance(ComponentConformance):
         selector = self.make()
         for req in self.feedback_sequence():
             if req.n <= req.num_samples:
-                got = [int(i) for i in selector.select(req)]
+                got = [int(i) for i in self.answer(selector, req)]
                 assert len(set(got)) == len(got), f"duplicates in {got} for {req}"
 
     def test_warmup_draw(self) -> None:
         """The warmup draw is distinct when ``n <= N`` and still answers when ``n > N``."""
         for config in self.valid_configs():
             selector = self.make(**config)
-            got = [int(i) for i in selector.select(self.request(0, 0, -1))]
+            got = [int(i) for i in self.answer(selector, self.request(0, 0, -1))]
             assert len(got) == self.warmup_samples and len(set(got)) == len(got), got
             big = SelectRequest(
                 step=0,
@@ -424,7 +467,7 @@ class SelectorConformance(ComponentConformance):
                 warmup=True,
                 extras={"warmup_samples": self.num_samples + 5},
             )
-            got = [int(i) for i in selector.select(big)]
+            got = [int(i) for i in self.answer(selector, big)]
             assert len(got) == big.n and all(0 <= i < self.num_samples for i in got)
 
 
