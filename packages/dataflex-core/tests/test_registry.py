@@ -113,7 +113,7 @@ def registry(pm: DataflexPluginManager) -> Registry:
 
 def test_registration_hooks_cover_every_kind() -> None:
     assert set(REGISTRATION_HOOKS) == set(KINDS)
-    assert KINDS == ("selector", "mixer", "weighter", "featurizer", "index")
+    assert KINDS == ("selector", "mixer", "weighter", "featurizer", "index", "reward")
 
 
 def test_specs_are_collected_with_their_source(registry: Registry) -> None:

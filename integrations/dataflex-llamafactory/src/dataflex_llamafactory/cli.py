@@ -131,8 +131,11 @@ def _cmd_select(ns: argparse.Namespace) -> int:
 
     raw = yaml.safe_load(Path(ns.config).read_text()) if Path(ns.config).is_file() else None
     block = (raw or {}).get("dataflex") or {}
-    if isinstance(block, dict) and not block.get("update_step") and not (raw or {}).get("update_step"):
-        overrides.append("dataflex.update_step=1")
+    if isinstance(block, dict):
+        if not block.get("update_step") and not (raw or {}).get("update_step"):
+            overrides.append("dataflex.update_step=1")
+        if "train_type" not in block and "train_type" not in (raw or {}):
+            overrides.append("dataflex.train_type=dynamic_select")
     run = load_run_config(ns.config, overrides)
     from dataflex_llamafactory.offline import run_select
 

@@ -6,7 +6,9 @@ For target prompt ``x`` (row ``j`` of the target set) at the current model:
    is not empty (the predecessor's validation prompts were) and to show it to the reward
    backend; the reference answer ``y*`` is the supervised part;
 2. ``M = mc_samples`` completions are drawn from the model (temperature, ``top_p = 1``,
-   ``top_k = 0``), each seeded by ``derive(seed, "nice_gen", step, j)`` and the sample index;
+   ``top_k = 0``), each seeded by ``derive(seed, "nice_gen", checkpoint, row)`` and the sample
+   index (online the checkpoint is ``current@<step>``); ``policy_model_path`` generates from a
+   separate policy instead;
 3. the reward backend scores them (and ``y*`` when the policy needs ``R(x, y*)``);
 4. ``dataflex_select.nice.nice_coefficients`` turns rewards into per-generation coefficients;
 5. ``ĝ(x) = ∇ Σ_m coef_m · NLL(y_m | x)`` is one backward per prompt
@@ -53,11 +55,16 @@ def _reward_backend(provider: Any, config: Mapping[str, Any]) -> Any:
 
 
 def _projector(options: Mapping[str, Any]) -> Any:
+    """The projector of the training features (``projector_config`` in ops vocabulary)."""
     from dataflex_ops.projection import ProjectorConfig, make_projector
 
     from dataflex_llamafactory.selection import _grad_options
 
-    proj = _grad_options(options, "target")["projector"]
+    given = options.get("projector_config")
+    if isinstance(given, Mapping):
+        proj = {k: v for k, v in given.items() if v is not None}
+    else:
+        proj = _grad_options(options, "target")["projector"]
     return make_projector(ProjectorConfig(**proj))
 
 
@@ -73,14 +80,26 @@ def nice_target_features(provider: Any, sig: Any, model: Any, rows: Any, step: i
     policy = str(opts.get("policy", "vanilla"))
     needs_ref = policy == "hard_rejection" or bool(opts.get("worst_case_protect", False))
     max_prompt = int(opts.get("max_prompt_length", 4096))
-    seed = int(opts.get("generation_seed", opts.get("seed", 0)))
+    seed = int(opts.get("generation_seed", 0))
+    # ``derive(seed, "nice_gen", c, row)`` per prompt, sample m then ``derive(·, m)``; online,
+    # the checkpoint is the live model at this step.
+    label = str(opts.get("checkpoint_label") or "current")
+    if label == "current":
+        label = f"current@{step}"
     reward_cfg = opts.get("reward")
     if not isinstance(reward_cfg, Mapping):
         raise ConfigError("NICE needs a `reward:` mapping with a `backend` (rule, local_model or http).")
     backend = _reward_backend(provider, reward_cfg)
     projector = _projector(opts)
     params = opts.get("params", "trainable")
-    reduction = "mean" if opts.get("nll_normalize") else "sum"
+    reduction = str(opts.get("nll_reduction") or ("mean" if opts.get("nll_normalize") else "sum"))
+    if opts.get("generation_backend", "hf") != "hf":
+        raise ConfigError("generation_backend must be 'hf' in this build (vllm is not supported).")
+    ckpt = opts.get("checkpoint")
+    policy_path = opts.get("policy_model_path")
+    if ckpt:
+        model = provider._model_for(str(ckpt), model)
+    gen_model = provider._model_for(str(policy_path), model) if policy_path else model
     device = next(model.parameters()).device
 
     prompts, refs, prompt_texts, ref_texts = [], [], [], []
@@ -104,20 +123,21 @@ def nice_target_features(provider: Any, sig: Any, model: Any, rows: Any, step: i
 
     was_training = model.training
     model.eval()
+    gen_model.eval()
     try:
         gens = generate_sequences(
-            model, tok, prompts,
+            gen_model, tok, prompts,
             {
                 "max_new_tokens": int(opts.get("max_new_tokens", 512)),
                 "do_sample": True,
-                "temperature": float(opts.get("generation_temperature", 1.0)),
+                "temperature": float(opts.get("temperature", opts.get("generation_temperature", 1.0))),
                 "top_p": 1.0,
                 "top_k": 0,
                 "num_return_sequences": m,
                 "batch_size": provider.batch_size,
                 "add_special_tokens": False,
             },
-            seeds=[derive(seed, "nice_gen", step, rows.indices[j]) for j in range(len(prompts))],
+            seeds=[derive(seed, "nice_gen", label, rows.indices[j]) for j in range(len(prompts))],
         )
         features = []
         for lo in range(0, len(prompts), _PROMPT_CHUNK):

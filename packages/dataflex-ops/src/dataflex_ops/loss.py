@@ -75,8 +75,9 @@ def per_sample_loss(
     """Per-sample (or per-token) cross-entropy of a causal LM, from its unshifted logits.
 
     The logits are upcast to float32 one sequence chunk at a time, so the full-vocabulary
-    float32 logits are never materialised. When gradients are recorded, each chunk is
-    checkpointed: backward recomputes its float32 softmax instead of keeping every chunk's.
+    float32 logits are never materialised. When gradients are recorded and the logits are in a
+    lower precision, each chunk is checkpointed: backward recomputes its float32 softmax
+    instead of keeping every chunk's (float32 logits keep it, as the standard loss does).
     The autograd graph is kept, so the result can feed a weighted loss in ``compute_loss``.
 
     Args:
@@ -113,7 +114,12 @@ def per_sample_loss(
     counts = mask.sum(dim=1)
     valid = counts > 0
 
-    use_checkpoint = torch.is_grad_enabled() and logits.requires_grad
+    # Checkpointing saves the float32 upcast of low-precision logits; float32 logits have no
+    # upcast to save (cross-entropy keeps the same softmax the standard HF loss keeps), so
+    # recomputing it in backward would only cost time.
+    use_checkpoint = (
+        torch.is_grad_enabled() and logits.requires_grad and logits.dtype != torch.float32
+    )
     pieces: list[torch.Tensor] = []
     for start in range(0, t - 1, chunk_size):
         end = min(start + chunk_size, t - 1)

@@ -30,6 +30,7 @@ __all__ = [
     "dataflex_make_featurizer",
     "zero3_make_featurizer",
     "dataflex_compute_features",
+    "dataflex_register_reward_backends",
 ]
 
 #: Featurizer kinds this plugin builds: kind -> (plain factory, ZeRO-3 factory).
@@ -224,3 +225,11 @@ def dataflex_compute_features(
         return None
     featurizer = _cached(kind, _partitioned(model), dict(options or {}))
     return featurizer(model, batch)
+
+
+@hookimpl
+def dataflex_register_reward_backends() -> list[ComponentSpec]:
+    """The ``local_model`` NICE reward backend (a sequence-classification reward model)."""
+    from dataflex_ops.reward_backend import reward_backend_specs
+
+    return reward_backend_specs()

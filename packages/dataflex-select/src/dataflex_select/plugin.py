@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataflex_core import ComponentSpec, hookimpl
 
-__all__ = ["dataflex_register_selectors"]
+__all__ = ["dataflex_register_selectors", "dataflex_register_reward_backends"]
 
 
 @hookimpl
 def dataflex_register_selectors() -> list[ComponentSpec]:
-    """The ``static`` and ``random`` selectors."""
+    """Every selector of dataflex-select."""
     return [
         ComponentSpec(
             kind="selector",
@@ -29,4 +29,75 @@ def dataflex_register_selectors() -> list[ComponentSpec]:
             summary="Uniformly random windows, seeded by epoch and step.",
             paper="",
         ),
+        ComponentSpec(
+            kind="selector",
+            name="loss",
+            factory="dataflex_select.loss:LossSelector",
+            summary="Loss-quantile importance sampling: the focus band of current losses is drawn "
+            "focus_weight times more often.",
+            paper="",
+        ),
+        ComponentSpec(
+            kind="selector",
+            name="delta_loss",
+            factory="dataflex_select.delta_loss:DeltaLossSelector",
+            summary="Learning-progress window: a sigmoid-sliding window over rows ranked by "
+            "reference loss minus current loss.",
+            paper="",
+        ),
+        ComponentSpec(
+            kind="selector",
+            name="near",
+            factory="dataflex_select.near:NearSelector",
+            summary="Embedding kNN of the target set, taken round-robin (every target's nearest "
+            "row first).",
+            paper="",
+        ),
+        ComponentSpec(
+            kind="selector",
+            name="tsds",
+            factory="dataflex_select.tsds:TsdsSelector",
+            summary="TSDS: optimal-transport sampling distribution with a kernel-density "
+            "diversity term, closed-form water-filling.",
+            paper="arXiv:2410.11303",
+        ),
+        ComponentSpec(
+            kind="selector",
+            name="dsir",
+            factory="dataflex_select.dsir:DsirSelector",
+            summary="DSIR: importance resampling with hashed n-gram features of raw text.",
+            paper="arXiv:2302.03169",
+        ),
+        ComponentSpec(
+            kind="selector",
+            name="less",
+            factory="dataflex_select.less:LessSelector",
+            summary="LESS: top-k by (max over subtasks of the mean) cosine of Adam gradient "
+            "features with target gradients, over checkpoints.",
+            paper="arXiv:2402.04333",
+        ),
+        ComponentSpec(
+            kind="selector",
+            name="cluster_less",
+            factory="dataflex_select.cluster_less:ClusterLessSelector",
+            summary="LESS on a few representatives per embedding cluster; members inherit "
+            "their cluster's score.",
+            paper="",
+        ),
+        ComponentSpec(
+            kind="selector",
+            name="nice",
+            factory="dataflex_select.nice:NiceSelector",
+            summary="NICE: LESS with Monte-Carlo policy-gradient target features from rewards "
+            "of generated answers.",
+            paper="ICML 2025, OpenReview 2wt8m5HUBs",
+        ),
     ]
+
+
+@hookimpl
+def dataflex_register_reward_backends() -> list[ComponentSpec]:
+    """The ``rule`` and ``http`` NICE reward backends (stdlib only)."""
+    from dataflex_select.rewards import reward_backend_specs
+
+    return reward_backend_specs()

@@ -390,14 +390,21 @@ class SelectorConformance(ComponentConformance):
         raise NotImplementedError(f"no synthetic value for signal kind {signal.kind!r}")
 
     def answer(self, selector: Any, request: SelectRequest) -> Any:
-        """Fill the signals ``selector`` asks for, then call ``select``."""
+        """Fill the signals ``selector`` asks for (in rounds, until it asks for nothing new),
+        then call ``select``."""
         ask = getattr(selector, "signals", None)
         if ask is None:
             return selector.select(request)
         extras = dict(request.extras)
-        for sig in ask(request):
-            assert isinstance(sig, SignalRequest), f"signals() returned {sig!r}"
-            extras[sig.name] = self.signal_value(sig, request)
+        for _ in range(8):  # selectors may ask in rounds (e.g. embeddings, then features)
+            todo = [s for s in ask(dataclasses.replace(request, extras=extras)) if s.name not in extras]
+            if not todo:
+                break
+            for sig in todo:
+                assert isinstance(sig, SignalRequest), f"signals() returned {sig!r}"
+                extras[sig.name] = self.signal_value(sig, request)
+        else:
+            raise AssertionError("signals() kept asking for new signals after 8 rounds")
         return selector.select(dataclasses.replace(request, extras=extras))
 
     def request(self, step: int, epoch: int, update: int) -> SelectRequest:
