@@ -388,7 +388,7 @@ def test_backend_specs_register_and_build_through_the_registry() -> None:
     assert isinstance(numpy_index, NumpyFlatIndex) and numpy_index.config.block_rows == 16
     with pytest.raises(ConfigError, match="did you mean"):
         registry.create("index", "numpy", blok_rows=16)
-    if "faiss" in sys.modules or _has_faiss():
+    if _has_faiss():
         ivf = registry.create("index", "faiss_ivf_flat", context=ctx, nprobe=3).build(x)
         assert isinstance(ivf, FaissIVFFlatIndex) and ivf.seed == 3
         assert ivf.faiss_index.cp.seed == ivf_seed(3)
@@ -416,3 +416,10 @@ def test_import_loads_neither_faiss_nor_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_plugin_registers_the_same_index_specs() -> None:
+    from dataflex_select import plugin
+    from dataflex_select.index import index_backend_specs
+
+    assert plugin.dataflex_register_index_backends() == index_backend_specs()

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataflex_core import ComponentSpec, hookimpl
 
-__all__ = ["dataflex_register_selectors", "dataflex_register_reward_backends"]
+__all__ = [
+    "dataflex_register_selectors",
+    "dataflex_register_index_backends",
+    "dataflex_register_reward_backends",
+]
 
 
 @hookimpl
@@ -101,3 +105,41 @@ def dataflex_register_reward_backends() -> list[ComponentSpec]:
     from dataflex_select.rewards import reward_backend_specs
 
     return reward_backend_specs()
+
+
+@hookimpl
+def dataflex_register_index_backends() -> list[ComponentSpec]:
+    """The nearest-neighbour index backends (spec literals: discovery imports no numpy)."""
+    config = "dataflex_select.index:IndexConfig"
+    return [
+        ComponentSpec(
+            kind="index",
+            name="numpy",
+            factory="dataflex_select.index:NumpyFlatIndex",
+            config=config,
+            summary="Exact squared-L2 search in numpy (blocked, streams memory maps).",
+        ),
+        ComponentSpec(
+            kind="index",
+            name="faiss_flat",
+            factory="dataflex_select.index:FaissFlatIndex",
+            config=config,
+            summary="Exact squared-L2 search with FAISS IndexFlatL2 (extra: faiss).",
+        ),
+        ComponentSpec(
+            kind="index",
+            name="faiss_ivf_flat",
+            factory="dataflex_select.index:FaissIVFFlatIndex",
+            config=config,
+            summary="Approximate search with FAISS IndexIVFFlat, exact re-query of misses.",
+            paper="arXiv:1702.08734",
+        ),
+        ComponentSpec(
+            kind="index",
+            name="faiss_hnsw",
+            factory="dataflex_select.index:FaissHNSWIndex",
+            config=config,
+            summary="Approximate search with FAISS IndexHNSWFlat, exact re-query of misses.",
+            paper="arXiv:1603.09320",
+        ),
+    ]
