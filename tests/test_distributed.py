@@ -78,3 +78,79 @@ def test_two_rank_ddp_loss_weighting_equals_one_rank_on_the_same_global_batch(
     r0 = json.loads((tmp_path / "two" / "dataflex" / "final_state_rank0.json").read_text())
     r1 = json.loads((tmp_path / "two" / "dataflex" / "final_state_rank1.json").read_text())
     assert r0 == r1
+
+
+def _select_cfg(quickstart, out, per_device, **extra):
+    cfg = quickstart(output_dir=str(out), logging_steps=1, save_steps=100,
+                     per_device_train_batch_size=per_device, gradient_accumulation_steps=1, **extra)
+    cfg["dataflex"] = {
+        "train_type": "dynamic_select", "component_name": "less",
+        "component_params": {"proj_dim": 64, "candidate_subsample": 64, "projector": "sjlt",
+                             "gradient_type": "sgd"},
+        "target_dataset": "code_eval", "warmup_step": 1, "update_step": 2, "update_times": 2,
+        "train_step": 5, "check_state_consistency": True,
+    }
+    return cfg
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_two_rank_ddp_less_selection_equals_one_rank(tmp_path, run_cli, write_config, quickstart):
+    """Per-sample gradient features are sharded by index and gathered: 2 ranks x 4 rows select
+    exactly what 1 rank x 8 rows selects, and both ranks hold the same selector state."""
+    out = {}
+    for name, nproc, per_device in (("one", None, 8), ("two", "2", 4)):
+        out[name] = tmp_path / name
+        env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": nproc} if nproc else {}
+        res = run_cli("train", str(write_config(_select_cfg(quickstart, out[name], per_device), f"{name}.yaml")), env=env)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    r0 = json.loads((out["two"] / "dataflex" / "final_state_rank0.json").read_text())
+    r1 = json.loads((out["two"] / "dataflex" / "final_state_rank1.json").read_text())
+    assert r0 == r1
+    a = _jsonl(out["one"] / "dataflex" / "selections.jsonl")
+    b = _jsonl(out["two"] / "dataflex" / "selections.jsonl")
+    assert [s["step"] for s in a] == [s["step"] for s in b] == [0, 1, 3]
+    assert [s["indices"] for s in a] == [s["indices"] for s in b]
+    for x, y in zip(a[1:], b[1:], strict=True):
+        assert y["scores"] == pytest.approx(x["scores"], abs=1e-6)
+
+
+def test_two_rank_zero3_less_selection_keeps_ranks_identical(tmp_path, run_cli, write_config):
+    """ZeRO-3 partitions the parameters: per-sample gradients run the loop strategy in lockstep
+    on every rank (spec §1.3), and the broadcast selection is the same everywhere."""
+    cfg = yaml.safe_load((REPO / "examples" / "sft_zero3.yaml").read_text())
+    out = tmp_path / "z3sel"
+    cfg.update(
+        output_dir=str(out), dataset_dir=str(REPO / "examples" / "data"), save_steps=100,
+        deepspeed=str(REPO / "examples" / "deepspeed" / "ds_z3_config.json"),
+        dataset="sft_news,sft_code,sft_math",
+    )
+    cfg["dataflex"] = {
+        "train_type": "dynamic_select", "component_name": "less",
+        "component_params": {"proj_dim": 32, "candidate_subsample": 24, "projector": "sjlt"},
+        "target_dataset": "sft_math_eval", "warmup_step": 1, "update_step": 2, "update_times": 1,
+        "train_step": 3, "check_state_consistency": True,
+    }
+    res = run_cli("train", str(write_config(cfg)), env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"})
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    assert "ZeRO-3" in res.stdout + res.stderr
+    r0 = json.loads((out / "dataflex" / "final_state_rank0.json").read_text())
+    r1 = json.loads((out / "dataflex" / "final_state_rank1.json").read_text())
+    assert r0 == r1
+    sels = _jsonl(out / "dataflex" / "selections.jsonl")
+    assert [s["step"] for s in sels] == [0, 1]
+    assert len(sels[1]["indices"]) == 16 and len(set(sels[1]["indices"])) == 16  # G = 2 x 2 x 2 = 8, update_step 2
+    assert all(s is not None for s in sels[1]["scores"])
+
+    # The same global batch in one plain process (no DeepSpeed): the Adam moments assembled from
+    # the ZeRO-3 partitions give the same features, so the same selection.
+    plain = tmp_path / "plain"
+    cfg.pop("deepspeed")
+    cfg.update(output_dir=str(plain), per_device_train_batch_size=4)
+    res = run_cli("train", str(write_config(cfg, "plain.yaml")))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    ref = _jsonl(plain / "dataflex" / "selections.jsonl")
+    assert [s["indices"] for s in ref] == [s["indices"] for s in sels]
+    assert sels[1]["scores"] == pytest.approx(ref[1]["scores"], abs=1e-4)

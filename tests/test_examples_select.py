@@ -46,7 +46,10 @@ def test_less_pipeline_example(tmp_path, run_cli) -> None:
     assert res.returncode == 0, res.stderr[-4000:]
     res = run_cli("train", str(staged("2_warmup_train.yaml")))
     assert res.returncode == 0, res.stderr[-4000:]
-    assert sorted(p.name for p in (out / "warmup").glob("checkpoint-*")) == ["checkpoint-14", "checkpoint-28"]
+    assert sorted(p.name for p in (out / "warmup").glob("checkpoint-*")) == [
+        "checkpoint-14",
+        "checkpoint-28",
+    ]
     assert (out / "warmup" / "checkpoint-14" / "optimizer.pt").is_file()
     # score a seeded 400-row subsample to keep the test short; the example scores the whole pool
     res = run_cli("select", str(staged("3_select.yaml", candidate_subsample=400, budget=40)))

@@ -53,14 +53,20 @@ def _resume(tmp_path, full: Path, step: int, make_cfg, run_cli, write_config) ->
     resumed.mkdir()
     shutil.copytree(full / f"checkpoint-{step}", resumed / f"checkpoint-{step}")
     shutil.copytree(full / "dataflex", resumed / "dataflex")
-    cfg = make_cfg(resumed, resume_from_checkpoint=str(resumed / f"checkpoint-{step}"), overwrite_output_dir=False)
+    cfg = make_cfg(
+        resumed,
+        resume_from_checkpoint=str(resumed / f"checkpoint-{step}"),
+        overwrite_output_dir=False,
+    )
     res = run_cli("train", str(write_config(cfg, "resume.yaml")))
     assert res.returncode == 0, res.stderr[-4000:]
     assert "restored DataFlex state" in res.stderr + res.stdout
     return resumed
 
 
-def test_random_selection_schedule_windows_and_exact_resume(tmp_path, run_cli, write_config, quickstart):
+def test_random_selection_schedule_windows_and_exact_resume(
+    tmp_path, run_cli, write_config, quickstart
+):
     def make(out, **extra):
         return _cfg(quickstart, out, **extra)
 
@@ -72,7 +78,15 @@ def test_random_selection_schedule_windows_and_exact_resume(tmp_path, run_cli, w
     # updates at 13, 16; the update at 19 would apply from step 20 = the end: not made.
     assert [r["step"] for r in recs] == [0, 2, 5, 8, 11, 13, 16]
     assert [r["decision"]["applies_from_step"] for r in recs] == [0, 3, 6, 9, 12, 14, 17]
-    assert [r["decision"]["warmup"] for r in recs] == [True, False, False, False, True, False, False]
+    assert [r["decision"]["warmup"] for r in recs] == [
+        True,
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
     assert [r["decision"]["num_selected"] for r in recs] == [16, 24, 24, 24, 16, 24, 24]
     for r in recs:
         assert set(r["decision"]["by_domain"]) == set(DOMAINS)
@@ -121,20 +135,32 @@ def test_less_online_selects_mostly_the_target_domain(tmp_path, run_cli, write_c
     # projection; a seeded subsample of 160 candidates is scored at each update.
     out = tmp_path / "less"
     cfg = _cfg(
-        quickstart, out, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+        quickstart,
+        out,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
         dataflex={
             "component_name": "less",
-            "component_params": {"proj_dim": 128, "candidate_subsample": 160, "projector": "sjlt",
-                                 "gradient_type": "sgd"},
+            "component_params": {
+                "proj_dim": 128,
+                "candidate_subsample": 160,
+                "projector": "sjlt",
+                "gradient_type": "sgd",
+            },
             "target_dataset": "code_eval",
-            "warmup_step": 2, "update_step": 4, "update_times": 2, "train_step": 10,
+            "warmup_step": 2,
+            "update_step": 4,
+            "update_times": 2,
+            "train_step": 10,
         },
     )
     res = run_cli("train", str(write_config(cfg, "less.yaml")))
     assert res.returncode == 0, res.stderr[-4000:]
     recs = [r for r in _jsonl(out / "dataflex" / "decisions.jsonl") if not r["decision"]["warmup"]]
     assert [r["step"] for r in recs] == [2, 6]
-    code = sum(r["decision"]["by_domain"]["code"] for r in recs) / sum(r["decision"]["num_selected"] for r in recs)
+    code = sum(r["decision"]["by_domain"]["code"] for r in recs) / sum(
+        r["decision"]["num_selected"] for r in recs
+    )
     # random selection would give the pool share (0.21); LESS picks code rows for a code target
     assert code > 2 * _pool_share("code"), (code, recs)
     sels = _jsonl(out / "dataflex" / "selections.jsonl")
@@ -153,15 +179,24 @@ def test_nice_with_a_rule_reward_on_the_tiny_model(tmp_path, run_cli, write_conf
     )
     out = tmp_path / "nice"
     cfg = _cfg(
-        quickstart, out, stage="sft", dataset="sft_news,sft_code,sft_math",
+        quickstart,
+        out,
+        stage="sft",
+        dataset="sft_news,sft_code,sft_math",
         dataflex={
             "component_name": "nice",
             "component_params": {
-                "proj_dim": 64, "mc_samples": 2, "max_new_tokens": 8, "candidate_subsample": 48,
+                "proj_dim": 64,
+                "mc_samples": 2,
+                "max_new_tokens": 8,
+                "candidate_subsample": 48,
                 "reward": {"backend": "rule", "function": "digit_reward:digits"},
             },
             "target_dataset": "sft_math_eval",
-            "warmup_step": 2, "update_step": 3, "update_times": 1, "train_step": 5,
+            "warmup_step": 2,
+            "update_step": 3,
+            "update_times": 1,
+            "train_step": 5,
         },
     )
     res = run_cli("train", str(write_config(cfg, "nice.yaml")), env={"PYTHONPATH": str(mods)})
@@ -170,20 +205,32 @@ def test_nice_with_a_rule_reward_on_the_tiny_model(tmp_path, run_cli, write_conf
     assert [s["step"] for s in sels] == [0, 2]
     scores = sels[1]["scores"]
     # non-zero NICE target features: real rewards of real rollouts reached the scores
-    assert len(scores) == 24 and all(s is not None for s in scores) and max(abs(s) for s in scores) > 0
+    assert (
+        len(scores) == 24 and all(s is not None for s in scores) and max(abs(s) for s in scores) > 0
+    )
     assert len(set(scores)) > 1
 
 
 def test_cluster_less_asks_in_two_rounds(tmp_path, run_cli, write_config, quickstart):
     out = tmp_path / "cless"
     cfg = _cfg(
-        quickstart, out, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+        quickstart,
+        out,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
         dataflex={
             "component_name": "cluster_less",
-            "component_params": {"proj_dim": 64, "num_clusters": 24, "samples_per_cluster": 2,
-                                 "gradient_type": "sgd"},
+            "component_params": {
+                "proj_dim": 64,
+                "num_clusters": 24,
+                "samples_per_cluster": 2,
+                "gradient_type": "sgd",
+            },
             "target_dataset": "code_eval",
-            "warmup_step": 1, "update_step": 3, "update_times": 1, "train_step": 4,
+            "warmup_step": 1,
+            "update_step": 3,
+            "update_times": 1,
+            "train_step": 4,
         },
     )
     res = run_cli("train", str(write_config(cfg, "cless.yaml")))
@@ -210,16 +257,30 @@ def _offline_cfg(quickstart, out: Path, component: str, params: dict) -> dict:
     ("component", "params"),
     [
         # SGD features of the initial model (no optimizer moments offline without checkpoints)
-        ("less", {"proj_dim": 128, "projector": "sjlt", "gradient_type": "sgd", "candidate_subsample": 300}),
+        (
+            "less",
+            {
+                "proj_dim": 128,
+                "projector": "sjlt",
+                "gradient_type": "sgd",
+                "candidate_subsample": 300,
+            },
+        ),
         ("near", {"embedding": MINILM, "candidate_subsample": 400}),
         ("tsds", {"embedding": MINILM, "candidate_subsample": 400}),
         ("dsir", {}),
     ],
 )
-def test_offline_selection_targets_the_code_domain(tmp_path, run_cli, write_config, quickstart, component, params):
+def test_offline_selection_targets_the_code_domain(
+    tmp_path, run_cli, write_config, quickstart, component, params
+):
     out = tmp_path / component
-    res = run_cli("select", str(write_config(_offline_cfg(quickstart, out, component, params), "sel.yaml")),
-                  "--budget", "40")
+    res = run_cli(
+        "select",
+        str(write_config(_offline_cfg(quickstart, out, component, params), "sel.yaml")),
+        "--budget",
+        "40",
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads((out / "selection_report.json").read_text())
     assert report["budget"] == 40 and len(report["selected"]) == 40
@@ -239,8 +300,12 @@ def test_offline_subset_trains_with_llamafactory(tmp_path, run_cli, write_config
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads((out / "selection_report.json").read_text())
     assert report["budget"] == 44  # ceil(0.02 * 2153)
-    train = quickstart(output_dir=str(tmp_path / "train"), max_steps=2, save_steps=100,
-                       tokenized_path=report["tokenized_path"])
+    train = quickstart(
+        output_dir=str(tmp_path / "train"),
+        max_steps=2,
+        save_steps=100,
+        tokenized_path=report["tokenized_path"],
+    )
     train["dataflex"] = {"train_type": "static"}
     res = run_cli("train", str(write_config(train, "train.yaml")))
     assert res.returncode == 0, res.stderr[-4000:]
@@ -257,23 +322,37 @@ def test_offline_bad_budget_is_one_clear_error(tmp_path, run_cli, write_config, 
 
 
 @pytest.mark.parametrize("component", ["near", "tsds"])
-def test_embedding_selectors_online_pick_the_target_domain(tmp_path, run_cli, write_config, quickstart, component):
+def test_embedding_selectors_online_pick_the_target_domain(
+    tmp_path, run_cli, write_config, quickstart, component
+):
     out = tmp_path / component
     cfg = _cfg(
-        quickstart, out, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+        quickstart,
+        out,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
         dataflex={
             "component_name": component,
             # embed a seeded subsample of 300 candidates per update, not the whole pool
-            "component_params": {"embedding": MINILM, "candidate_subsample": 300, "recompute": "every_update"},
+            "component_params": {
+                "embedding": MINILM,
+                "candidate_subsample": 300,
+                "recompute": "every_update",
+            },
             "target_dataset": "code_eval",
-            "warmup_step": 1, "update_step": 4, "update_times": 2, "train_step": 9,
+            "warmup_step": 1,
+            "update_step": 4,
+            "update_times": 2,
+            "train_step": 9,
         },
     )
     res = run_cli("train", str(write_config(cfg, "emb.yaml")))
     assert res.returncode == 0, res.stderr[-4000:]
     recs = [r for r in _jsonl(out / "dataflex" / "decisions.jsonl") if not r["decision"]["warmup"]]
     assert [r["step"] for r in recs] == [1, 5]
-    code = sum(r["decision"]["by_domain"]["code"] for r in recs) / sum(r["decision"]["num_selected"] for r in recs)
+    code = sum(r["decision"]["by_domain"]["code"] for r in recs) / sum(
+        r["decision"]["num_selected"] for r in recs
+    )
     assert code >= 0.6 and code > 2.5 * _pool_share("code"), recs
 
 
@@ -281,8 +360,12 @@ def test_loss_selector_resumes_exactly(tmp_path, run_cli, write_config, quicksta
     # Model-scored windows: the resumed run restores the window in force and scores the next
     # update with the restored model, so it makes the same selections as an uninterrupted run.
     def make(out, **extra):
-        return _cfg(quickstart, out, dataflex={"component_name": "loss",
-                                               "component_params": {"candidate_subsample": 120}}, **extra)
+        return _cfg(
+            quickstart,
+            out,
+            dataflex={"component_name": "loss", "component_params": {"candidate_subsample": 120}},
+            **extra,
+        )
 
     full = tmp_path / "full"
     res = run_cli("train", str(write_config(make(full), "full.yaml")))

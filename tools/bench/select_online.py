@@ -29,32 +29,58 @@ from _common import REPO, write_section  # noqa: E402
 
 def variants(steps: int, update_step: int, candidates: int) -> dict[str, dict]:
     base = {
-        "train_type": "dynamic_select", "warmup_step": update_step, "update_step": update_step,
-        "update_times": (steps - update_step) // update_step, "train_step": steps,
+        "train_type": "dynamic_select",
+        "warmup_step": update_step,
+        "update_step": update_step,
+        "update_times": (steps - update_step) // update_step,
+        "train_step": steps,
         "target_dataset": "code_eval",
     }
     less = {"proj_dim": 512, "candidate_subsample": candidates}
     return {
         "static selector (all data)": {**base, "component_name": "static"},
-        f"less, Adam features, dense Rademacher projection, {candidates} candidates per update": {
-            **base, "component_name": "less", "component_params": dict(less)},
-        f"less, Adam features, sparse (sjlt) projection, {candidates} candidates per update": {
-            **base, "component_name": "less", "component_params": {**less, "projector": "sjlt"}},
+        f"less, dense Rademacher projection (default), {candidates} candidates": {
+            **base,
+            "component_name": "less",
+            "component_params": dict(less),
+        },
+        f"less, sparse (sjlt) projection, {candidates} candidates": {
+            **base,
+            "component_name": "less",
+            "component_params": {**less, "projector": "sjlt"},
+        },
+        f"less, sjlt, grad_strategy hooks (one backward per batch), {candidates} candidates": {
+            **base,
+            "component_name": "less",
+            "component_params": {**less, "projector": "sjlt", "grad_strategy": "hooks"},
+        },
     }
 
 
 def run_once(df: dict, out: Path, env: dict) -> float:
     cfg = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     cfg.update(
-        output_dir=str(out), dataset_dir=str(REPO / "examples" / "data"), save_strategy="no",
-        logging_steps=50, plot_loss=False, report_to="none",
-        per_device_train_batch_size=8, gradient_accumulation_steps=1, per_device_eval_batch_size=32,
+        output_dir=str(out),
+        dataset_dir=str(REPO / "examples" / "data"),
+        save_strategy="no",
+        logging_steps=50,
+        plot_loss=False,
+        report_to="none",
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        per_device_eval_batch_size=32,
     )
     cfg["dataflex"] = {**df, "plot": False}
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([sys.executable, "-m", "dataflex_llamafactory.cli", "train", str(path)],
-                         cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "dataflex_llamafactory.cli", "train", str(path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if res.returncode != 0:
         raise SystemExit(f"run failed:\n{res.stderr[-3000:]}")
     return float(json.loads((out / "train_results.json").read_text())["train_runtime"])
@@ -63,7 +89,7 @@ def run_once(df: dict, out: Path, env: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--update-step", type=int, default=50)
+    ap.add_argument("--update-step", type=int, default=25)
     ap.add_argument("--candidates", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
@@ -96,7 +122,9 @@ def main() -> None:
     ]
     for name, ts in times.items():
         med = statistics.median(ts)
-        lines.append(f"| {name} | {med:.2f} | {', '.join(f'{t:.2f}' for t in ts)} | {med / base:.3f} |")
+        lines.append(
+            f"| {name} | {med:.2f} | {', '.join(f'{t:.2f}' for t in ts)} | {med / base:.3f} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.write:

@@ -154,3 +154,18 @@ def test_append_jsonl_recovers_from_a_torn_last_line(tmp_path: Path) -> None:
     assert read_jsonl(target) == [{"x": 1}]
     append_jsonl(target, [{"x": 3}])
     assert read_jsonl(target) == [{"x": 1}, {"x": 3}]
+
+
+def test_truncate_jsonl_keeps_earlier_steps_and_drops_a_torn_line(tmp_path) -> None:
+    from dataflex_core import append_jsonl, read_jsonl, truncate_jsonl
+
+    log = tmp_path / "decisions.jsonl"
+    append_jsonl(log, [{"step": s, "x": s * 2} for s in range(5)])
+    with log.open("a") as fh:
+        fh.write('{"step": 9, "x"')  # a writer killed mid-append
+    assert truncate_jsonl(log, 2) == 3
+    assert read_jsonl(log) == [{"step": 0, "x": 0}, {"step": 1, "x": 2}, {"step": 2, "x": 4}]
+    assert log.read_text().endswith("\n")
+    append_jsonl(log, [{"step": 3, "x": 6}])
+    assert [r["step"] for r in read_jsonl(log)] == [0, 1, 2, 3]
+    assert truncate_jsonl(tmp_path / "missing.jsonl", 1) == 0

@@ -33,9 +33,9 @@ from dataflex_core import (
     StateError,
     append_jsonl,
     atomic_write_json,
-    atomic_write_text,
     get_plugin_manager,
     get_registry,
+    truncate_jsonl,
 )
 from dataflex_mix.sampler import MixtureSampler
 from dataflex_ops.loss import per_sample_loss
@@ -624,6 +624,4 @@ class MixController:
         self.sampler.load_state_dict(state["sampler"])
         if self.rank == 0 and self.log_path.exists():
             # Drop decisions made after the checkpoint: the resumed run makes them again.
-            lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if json.loads(ln)["step"] <= step]
-            atomic_write_text(self.log_path, "".join(ln + "\n" for ln in keep))
+            truncate_jsonl(self.log_path, step)

@@ -68,7 +68,9 @@ def _projector(options: Mapping[str, Any]) -> Any:
     return make_projector(ProjectorConfig(**proj))
 
 
-def nice_target_features(provider: Any, sig: Any, model: Any, rows: Any, step: int = 0) -> np.ndarray:
+def nice_target_features(
+    provider: Any, sig: Any, model: Any, rows: Any, step: int = 0
+) -> np.ndarray:
     """``[len(rows), k]`` float32 NICE target features for the target rows ``rows``."""
     from dataflex_ops.grouped_grads import grouped_sequence_grads
     from dataflex_ops.inference import generate_sequences
@@ -88,7 +90,9 @@ def nice_target_features(provider: Any, sig: Any, model: Any, rows: Any, step: i
         label = f"current@{step}"
     reward_cfg = opts.get("reward")
     if not isinstance(reward_cfg, Mapping):
-        raise ConfigError("NICE needs a `reward:` mapping with a `backend` (rule, local_model or http).")
+        raise ConfigError(
+            "NICE needs a `reward:` mapping with a `backend` (rule, local_model or http)."
+        )
     backend = _reward_backend(provider, reward_cfg)
     projector = _projector(opts)
     params = opts.get("params", "trainable")
@@ -126,11 +130,15 @@ def nice_target_features(provider: Any, sig: Any, model: Any, rows: Any, step: i
     gen_model.eval()
     try:
         gens = generate_sequences(
-            gen_model, tok, prompts,
+            gen_model,
+            tok,
+            prompts,
             {
                 "max_new_tokens": int(opts.get("max_new_tokens", 512)),
                 "do_sample": True,
-                "temperature": float(opts.get("temperature", opts.get("generation_temperature", 1.0))),
+                "temperature": float(
+                    opts.get("temperature", opts.get("generation_temperature", 1.0))
+                ),
                 "top_p": 1.0,
                 "top_k": 0,
                 "num_return_sequences": m,
@@ -146,14 +154,19 @@ def nice_target_features(provider: Any, sig: Any, model: Any, rows: Any, step: i
             for g, j in enumerate(chunk):
                 texts = gens.texts[j]
                 rewards = np.asarray(
-                    backend.score([prompt_texts[j]] * m, texts, [ref_texts[j]] * m, None), dtype=np.float64
+                    backend.score([prompt_texts[j]] * m, texts, [ref_texts[j]] * m, None),
+                    dtype=np.float64,
                 )
                 ref_reward = (
                     float(backend.score([prompt_texts[j]], [ref_texts[j]], [ref_texts[j]], None)[0])
-                    if needs_ref else None
+                    if needs_ref
+                    else None
                 )
                 c, ref_coef = nice_coefficients(
-                    rewards, policy=policy, topk=int(opts.get("topk", 10)), ref_reward=ref_reward,
+                    rewards,
+                    policy=policy,
+                    topk=int(opts.get("topk", 10)),
+                    ref_reward=ref_reward,
                     worst_case_protect=bool(opts.get("worst_case_protect", False)),
                 )
                 for k in range(m):
@@ -170,9 +183,13 @@ def nice_target_features(provider: Any, sig: Any, model: Any, rows: Any, step: i
                 continue
             batch = _pad(seqs, tok, device)
             grads = grouped_sequence_grads(
-                model, batch, torch.tensor(coefs, dtype=torch.float32, device=device),
-                torch.tensor(groups, dtype=torch.long, device=device), len(chunk),
-                params=params, reduction=reduction,
+                model,
+                batch,
+                torch.tensor(coefs, dtype=torch.float32, device=device),
+                torch.tensor(groups, dtype=torch.long, device=device),
+                len(chunk),
+                params=params,
+                reduction=reduction,
             )
             proj = projector.project(grads).float()
             norms = proj.norm(dim=1, keepdim=True)
@@ -194,5 +211,9 @@ def _pad(seqs: list[tuple[list[int], list[int]]], tok: Any, device: Any) -> dict
         n = len(p) + len(r)
         ids[i, :n] = torch.tensor(p + r)
         mask[i, :n] = 1
-        labels[i, len(p):n] = torch.tensor(r)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+        labels[i, len(p) : n] = torch.tensor(r)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+    }

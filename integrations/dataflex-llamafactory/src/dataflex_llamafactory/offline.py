@@ -16,11 +16,18 @@ the model of the config (or reads them from a feature store the selector points 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dataflex_core import ConfigError, SelectRequest, atomic_write_json, atomic_write_text, get_registry
+from dataflex_core import (
+    ConfigError,
+    SelectRequest,
+    atomic_write_json,
+    atomic_write_text,
+    get_registry,
+)
 
 from dataflex_llamafactory.config import RunConfig
 
@@ -72,12 +79,16 @@ def run_select(run: RunConfig, budget: float | int | None = None) -> dict[str, A
         lf_args["model_name_or_path"] = resolve_model(lf_args["model_name_or_path"])
     lf_args.setdefault("do_train", True)
     try:
-        model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(lf_args)
+        model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(
+            lf_args
+        )
     except ValueError as exc:
         raise ConfigError(f"LLaMA-Factory rejected the config: {exc}") from exc
     stage = finetuning_args.stage
     if stage not in ("pt", "sft"):
-        raise ConfigError(f"stage {stage!r} is not supported by dataflex-cli select; use pt or sft.")
+        raise ConfigError(
+            f"stage {stage!r} is not supported by dataflex-cli select; use pt or sft."
+        )
     check_datasets(data_args.dataset, data_args.dataset_dir)
     out_dir = Path(training_args.output_dir)
     tokenizer_module = load_tokenizer(model_args)
@@ -91,14 +102,29 @@ def run_select(run: RunConfig, budget: float | int | None = None) -> dict[str, A
     from dataflex_core import ComponentContext
 
     ctx = ComponentContext(
-        name=run.component.entry, seed=training_args.seed, domains=tuple(domains), num_samples=N,
+        name=run.component.entry,
+        seed=training_args.seed,
+        domains=tuple(domains),
+        num_samples=N,
         output_dir=str(out_dir),
     )
-    selector = get_registry().create("selector", run.component.type, context=ctx, **run.component.params)
+    selector = get_registry().create(
+        "selector", run.component.type, context=ctx, **run.component.params
+    )
     n = _budget(selector, budget, N)
     request = SelectRequest(
-        step=0, epoch=0, update=0, n=n, num_samples=N, warmup=False,
-        extras={"warmup_samples": 0, "updates_per_epoch": 1, "domains": domain_ids, "domain_names": domains},
+        step=0,
+        epoch=0,
+        update=0,
+        n=n,
+        num_samples=N,
+        warmup=False,
+        extras={
+            "warmup_samples": 0,
+            "updates_per_epoch": 1,
+            "domains": domain_ids,
+            "domain_names": domains,
+        },
     )
     first = selector.signals(request) if hasattr(selector, "signals") else []
     target = subtasks = None
@@ -113,18 +139,35 @@ def run_select(run: RunConfig, budget: float | int | None = None) -> dict[str, A
             model = load_model(tokenizer, model_args, finetuning_args, is_trainable=True)
             model.to(training_args.device)
             collator, _, _ = _collator_and_trainer(
-                stage, model, tokenizer, template, model_args, data_args, training_args,
-                generating_args, tokenizer_module,
+                stage,
+                model,
+                tokenizer,
+                template,
+                model_args,
+                data_args,
+                training_args,
+                generating_args,
+                tokenizer_module,
             )
             state["model"] = model
             state["provider"] = SignalProvider(
-                train_ds, target, subtasks, collator, tokenizer,
+                train_ds,
+                target,
+                subtasks,
+                collator,
+                tokenizer,
                 batch_size=training_args.per_device_eval_batch_size,
             )
         if sig.kind == "loss" and sig.options.get("reference") == "initial":
-            raise ConfigError("delta_loss needs a training run (reference losses); use it with `train`.")
-        if (sig.kind == "grad_feature" and sig.options.get("gradient_type") == "adam"
-                and sig.split == "train" and not sig.options.get("checkpoint")):
+            raise ConfigError(
+                "delta_loss needs a training run (reference losses); use it with `train`."
+            )
+        if (
+            sig.kind == "grad_feature"
+            and sig.options.get("gradient_type") == "adam"
+            and sig.split == "train"
+            and not sig.options.get("checkpoint")
+        ):
             raise ConfigError(
                 "offline Adam gradient features need optimizer moments: set the selector's "
                 "`checkpoints:` to checkpoint folders written with their optimizer state (the "
@@ -142,12 +185,21 @@ def run_select(run: RunConfig, budget: float | int | None = None) -> dict[str, A
     last = getattr(selector, "last_scores", None)
     if last is not None:
         cand, vals = last
-        lookup = dict(zip(np.asarray(cand).tolist(), np.asarray(vals, dtype=np.float64).tolist(), strict=True))
-        scores_of = [None if not np.isfinite(lookup.get(int(i), np.nan)) else float(lookup[int(i)]) for i in chosen]
+        lookup = dict(
+            zip(np.asarray(cand).tolist(), np.asarray(vals, dtype=np.float64).tolist(), strict=True)
+        )
+        scores_of = [
+            None if not np.isfinite(lookup.get(int(i), np.nan)) else float(lookup[int(i)])
+            for i in chosen
+        ]
     counts = np.bincount(domain_ids[chosen], minlength=len(domains))
     pool = np.bincount(domain_ids, minlength=len(domains))
     report = {
-        "component": {"entry": run.component.entry, "type": run.component.type, "params": run.component.params},
+        "component": {
+            "entry": run.component.entry,
+            "type": run.component.type,
+            "params": run.component.params,
+        },
         "num_samples": N,
         "budget": n,
         "dataset_fingerprint": fingerprint,
@@ -164,18 +216,28 @@ def run_select(run: RunConfig, budget: float | int | None = None) -> dict[str, A
     if training_args.should_save:
         out_dir.mkdir(parents=True, exist_ok=True)
         subset = train_ds.select(chosen.tolist()).remove_columns(["domain_id"])
+        # Every output is replaced atomically; the report, written last, marks a complete
+        # selection (its "selected" list is authoritative if a run dies in between).
         tmp = out_dir / ".selected_tokenized.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
         DatasetDict({"train": subset}).save_to_disk(str(tmp))
-        final = out_dir / "selected_tokenized"
+        final, old = out_dir / "selected_tokenized", out_dir / ".selected_tokenized.old"
+        if old.exists():
+            shutil.rmtree(old)
         if final.exists():
-            import shutil
-
-            shutil.rmtree(final)
+            final.rename(old)  # the previous subset stays on disk until the new one is in place
         tmp.rename(final)
+        if old.exists():
+            shutil.rmtree(old)
         atomic_write_text(out_dir / "selected_ids.txt", "".join(f"{i}\n" for i in chosen.tolist()))
         atomic_write_json(out_dir / "selection_report.json", report)
     log.info(
-        "selected %d of %d rows with %s; by domain %s; wrote %s", n, N, run.component.entry,
-        report["by_domain"], out_dir,
+        "selected %d of %d rows with %s; by domain %s; wrote %s",
+        n,
+        N,
+        run.component.entry,
+        report["by_domain"],
+        out_dir,
     )
     return report

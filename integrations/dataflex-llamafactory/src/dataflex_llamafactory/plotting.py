@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from dataflex_core import read_jsonl
 
 __all__ = ["plot_proportions", "plot_weight_stats", "plot_selection"]
 
@@ -26,7 +27,7 @@ def plot_proportions(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    records = [json.loads(ln) for ln in Path(decisions_log).read_text().splitlines() if ln.strip()]
+    records = read_jsonl(decisions_log)
     records = [r for r in records if r.get("kind") == "mixer"]
     k = len(domains)
     props = np.zeros((max(total_steps, 1), k))
@@ -92,7 +93,7 @@ def plot_weight_stats(decisions_log: str | Path, out_png: str | Path) -> Path | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(ln) for ln in Path(decisions_log).read_text().splitlines() if ln.strip()]
+    records = read_jsonl(decisions_log)
     records = [r for r in records if r.get("kind") == "weighter" and r["step"] >= 0]
     if not records:
         return None
@@ -123,7 +124,7 @@ def plot_selection(decisions_log: str | Path, out_png: str | Path, *, domains: S
     import matplotlib.pyplot as plt
     import numpy as np
 
-    records = [json.loads(ln) for ln in Path(decisions_log).read_text().splitlines() if ln.strip()]
+    records = read_jsonl(decisions_log)
     records = [r for r in records if r.get("kind") == "selector"]
     counts = np.array([[r["decision"]["by_domain"].get(d, 0) for d in domains] for r in records], dtype=float)
     totals = counts.sum(axis=1, keepdims=True)

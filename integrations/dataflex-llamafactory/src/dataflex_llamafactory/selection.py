@@ -40,10 +40,10 @@ from dataflex_core import (
     StateError,
     append_jsonl,
     atomic_write_json,
-    atomic_write_text,
     derive,
     get_plugin_manager,
     get_registry,
+    truncate_jsonl,
 )
 
 from dataflex_llamafactory.config import RunConfig
@@ -153,19 +153,28 @@ class SelectionSampler:
             "seed": self.seed,
             "position": int(consumed),
             "windows": [
-                {"from": w["from"], "id": w["id"], "rows": w["rows"].tolist()} for w in self._windows
+                {"from": w["from"], "id": w["id"], "rows": w["rows"].tolist()}
+                for w in self._windows
             ],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for key, mine in (("samples_per_step", self.G), ("total_steps", self.total_steps), ("seed", self.seed)):
+        for key, mine in (
+            ("samples_per_step", self.G),
+            ("total_steps", self.total_steps),
+            ("seed", self.seed),
+        ):
             if state.get(key) != mine:
                 raise StateError(
                     f"the saved selection sampler has {key}={state.get(key)!r} but this run has "
                     f"{mine!r}; resume with the same batch sizes, steps and seed."
                 )
         self._windows = [
-            {"from": int(w["from"]), "id": str(w["id"]), "rows": np.asarray(w["rows"], dtype=np.int64)}
+            {
+                "from": int(w["from"]),
+                "id": str(w["id"]),
+                "rows": np.asarray(w["rows"], dtype=np.int64),
+            }
             for w in state["windows"]
         ]
         self._position = int(state["position"])
@@ -275,7 +284,9 @@ class SignalProvider:
     ) -> None:
         self.train_dataset = train_dataset
         self.target_dataset = target_dataset
-        self.target_subtasks = None if target_subtasks is None else np.asarray(target_subtasks, dtype=np.int64)
+        self.target_subtasks = (
+            None if target_subtasks is None else np.asarray(target_subtasks, dtype=np.int64)
+        )
         self.collator = collator
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
@@ -300,16 +311,22 @@ class SignalProvider:
     def _collate(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return self.collator([dict(f) for f in features])
 
-    def _featurizer(self, model: Any, kind: str, config: Mapping[str, Any], optimizer: Any = None) -> Any:
+    def _featurizer(
+        self, model: Any, kind: str, config: Mapping[str, Any], optimizer: Any = None
+    ) -> Any:
         key = json.dumps([kind, config, id(model)], sort_keys=True, default=str)
         fz = self._featurizers.get(key)
         if fz is None:
             context = dict(config)
             if optimizer is not None:
                 context["optimizer"] = optimizer
-            fz = get_plugin_manager().hook.dataflex_make_featurizer(model=model, kind=kind, context=context)
+            fz = get_plugin_manager().hook.dataflex_make_featurizer(
+                model=model, kind=kind, context=context
+            )
             if fz is None:
-                raise ConfigError(f"no installed plugin computes {kind!r} features; install dataflex-ops.")
+                raise ConfigError(
+                    f"no installed plugin computes {kind!r} features; install dataflex-ops."
+                )
             self._featurizers[key] = fz
         elif optimizer is not None and hasattr(fz, "context"):
             fz.context.extras["optimizer"] = optimizer  # the live optimizer of this update
@@ -322,8 +339,13 @@ class SignalProvider:
         model.eval()
         try:
             out = sharded_features(
-                fz, model, rows, batch_size=self.batch_size, collate_fn=self._collate,
-                progress=True, desc=desc,
+                fz,
+                model,
+                rows,
+                batch_size=self.batch_size,
+                collate_fn=self._collate,
+                progress=True,
+                desc=desc,
             )
         finally:
             model.train(was_training)
@@ -424,7 +446,9 @@ class SignalProvider:
             return nice_target_features(self, sig, model, rows, step=step)
         raise ConfigError(f"signal kind {sig.kind!r} is not computed by dataflex-llamafactory.")
 
-    def _external_embeddings(self, path: str, sig: SignalRequest, opts: Mapping[str, Any]) -> np.ndarray:
+    def _external_embeddings(
+        self, path: str, sig: SignalRequest, opts: Mapping[str, Any]
+    ) -> np.ndarray:
         """Embeddings from a standalone encoder with its own tokenizer (on the decoded rows).
 
         ``builtin:minilm`` is the all-MiniLM-L6-v2 sentence encoder of the
@@ -446,13 +470,18 @@ class SignalProvider:
         if hit is None:
             if not Path(path).exists():
                 raise DataError(f"the embedding model {path!r} does not exist.")
-            hit = (AutoModel.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path))
+            hit = (
+                AutoModel.from_pretrained(path, dtype=torch.float32).eval(),
+                AutoTokenizer.from_pretrained(path),
+            )
             self._aux_models[f"encoder:{path}"] = hit
         encoder, enc_tok = hit
         texts = self._texts(sig.split, sig.indices)
         kwargs = {k: opts[k] for k in ("layer", "pooling") if opts.get(k) is not None}
         with torch.no_grad():
-            out = embed_texts(encoder, enc_tok, texts, batch_size=32, progress=self.rank == 0, **kwargs)
+            out = embed_texts(
+                encoder, enc_tok, texts, batch_size=32, progress=self.rank == 0, **kwargs
+            )
         values = out["values"].float().numpy()
         values[~out["valid"].numpy().astype(bool)] = np.nan
         return values.astype(np.float32)
@@ -486,12 +515,16 @@ class SignalProvider:
         data = json.loads(state.read_text())
         step = int(data.get("global_step", 0))
         earlier = [
-            int(m.group(1)) for d in folder.parent.iterdir()
+            int(m.group(1))
+            for d in folder.parent.iterdir()
             if (m := re.fullmatch(r"checkpoint-(\d+)", d.name)) and int(m.group(1)) < step
         ]
         prev = max(earlier, default=0)
-        lrs = [float(e["learning_rate"]) for e in _log_history(data)
-               if "learning_rate" in e and "step" in e and prev < int(e["step"]) <= step]
+        lrs = [
+            float(e["learning_rate"])
+            for e in _log_history(data)
+            if "learning_rate" in e and "step" in e and prev < int(e["step"]) <= step
+        ]
         if not lrs:
             raise DataError(
                 f"no learning rate was logged in steps ({prev}, {step}] of {state}; set "
@@ -527,8 +560,6 @@ def gather_signals(selector: Any, request: SelectRequest, compute: Any) -> Selec
         f"selector {getattr(selector, 'name', selector)!r} kept asking for new signals after "
         f"{_MAX_SIGNAL_ROUNDS} rounds; its signals() must settle once its requests are answered."
     )
-
-
 
 
 class SelectController:
@@ -580,7 +611,9 @@ class SelectController:
         self.updates_per_epoch = self.schedule.select_updates_per_epoch(E)
         self.total_steps = self.schedule.select_total_steps(self.cfg.train_step, num_train_epochs)
         if self.total_steps < 1:
-            raise ConfigError(f"the schedule gives {self.total_steps} steps; set train_step or num_train_epochs.")
+            raise ConfigError(
+                f"the schedule gives {self.total_steps} steps; set train_step or num_train_epochs."
+            )
         self.window = self.G * self.cfg.update_step
         assert run.component is not None
         ctx = ComponentContext(
@@ -591,10 +624,15 @@ class SelectController:
             output_dir=str(self.output_dir),
             rank=self.rank,
             world_size=self.world_size,
-            extras={"warmup_step": self.cfg.warmup_step, "update_step": self.cfg.update_step,
-                    "samples_per_step": self.G},
+            extras={
+                "warmup_step": self.cfg.warmup_step,
+                "update_step": self.cfg.update_step,
+                "samples_per_step": self.G,
+            },
         )
-        self.selector = get_registry().create("selector", run.component.type, context=ctx, **run.component.params)
+        self.selector = get_registry().create(
+            "selector", run.component.type, context=ctx, **run.component.params
+        )
         self.sampler = SelectionSampler(self.G, self.total_steps, self.seed)
         self.provider: SignalProvider | None = None
         self.trainer: Any = None
@@ -602,7 +640,8 @@ class SelectController:
         self.log_path = self.output_dir / "dataflex" / "decisions.jsonl"
         self.selection_log = self.output_dir / "dataflex" / "selections.jsonl"
         self.decision_steps = [
-            s for s in range(self.total_steps)
+            s
+            for s in range(self.total_steps)
             if self.schedule.is_update(s) or self.schedule.is_epoch_start(s)
         ]
 
@@ -621,10 +660,24 @@ class SelectController:
             "domain_names": self.domains,
         }
         if self.schedule.is_update(step):
-            return SelectRequest(step=step, epoch=e, update=self.schedule.update_index(step),
-                                 n=self.window, num_samples=self.N, warmup=False, extras=extras)
-        return SelectRequest(step=step, epoch=e, update=-1, n=self.G * self.cfg.warmup_step,
-                             num_samples=self.N, warmup=True, extras=extras)
+            return SelectRequest(
+                step=step,
+                epoch=e,
+                update=self.schedule.update_index(step),
+                n=self.window,
+                num_samples=self.N,
+                warmup=False,
+                extras=extras,
+            )
+        return SelectRequest(
+            step=step,
+            epoch=e,
+            update=-1,
+            n=self.G * self.cfg.warmup_step,
+            num_samples=self.N,
+            warmup=True,
+            extras=extras,
+        )
 
     def _model_and_optimizer(self) -> tuple[Any, Any]:
         if self.trainer is None:
@@ -637,17 +690,25 @@ class SelectController:
             return indices
         dist = torch.distributed
         backend = dist.get_backend()
-        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if backend == "nccl"
+            else torch.device("cpu")
+        )
         length = torch.tensor([len(indices)], dtype=torch.int64, device=device)
         dist.broadcast(length, src=0)
-        buf = (torch.as_tensor(indices, dtype=torch.int64).to(device) if self.rank == 0
-               else torch.empty(int(length.item()), dtype=torch.int64, device=device))
+        buf = (
+            torch.as_tensor(indices, dtype=torch.int64).to(device)
+            if self.rank == 0
+            else torch.empty(int(length.item()), dtype=torch.int64, device=device)
+        )
         dist.broadcast(buf, src=0)
         return buf.cpu().numpy()
 
     def _decide(self, step: int) -> None:
         request = self._request(step)
         model, optimizer = self._model_and_optimizer()
+
         def compute(sig: SignalRequest) -> Any:
             if self.provider is None or model is None:
                 raise StateError("the selector asks for model signals but no model is attached.")
@@ -660,7 +721,9 @@ class SelectController:
         # answer is broadcast so all ranks train on exactly the same rows.
         chosen = np.asarray(self.selector.select(request), dtype=np.int64)
         chosen = self._broadcast(chosen)
-        if len(chosen) != request.n or (len(chosen) and (chosen.min() < 0 or chosen.max() >= self.N)):
+        if len(chosen) != request.n or (
+            len(chosen) and (chosen.min() < 0 or chosen.max() >= self.N)
+        ):
             raise DataError(
                 f"selector {self.run.component.entry!r} returned {len(chosen)} indices for n = "  # type: ignore[union-attr]
                 f"{request.n} (must lie in [0, {self.N}))."
@@ -684,7 +747,12 @@ class SelectController:
             "warmup": request.warmup,
             "applies_from_step": 0 if step == 0 else step + 1,
         }
-        record = {"step": step, "kind": "selector", "component": self.run.component.entry, "decision": decision}  # type: ignore[union-attr]
+        record = {
+            "step": step,
+            "kind": "selector",
+            "component": self.run.component.entry,
+            "decision": decision,
+        }  # type: ignore[union-attr]
         if self.rank == 0:
             append_jsonl(self.log_path, [record])
             entry: dict[str, Any] = {"step": step, "indices": chosen.tolist()}
@@ -694,7 +762,9 @@ class SelectController:
                 vals = np.asarray(vals, dtype=np.float64)
                 pos = {int(i): k for k, i in enumerate(np.asarray(cand).tolist())}
                 entry["scores"] = [
-                    None if int(i) not in pos or not np.isfinite(vals[pos[int(i)]]) else float(vals[pos[int(i)]])
+                    None
+                    if int(i) not in pos or not np.isfinite(vals[pos[int(i)]])
+                    else float(vals[pos[int(i)]])
                     for i in chosen
                 ]
             append_jsonl(self.selection_log, [entry])
@@ -710,10 +780,16 @@ class SelectController:
 
     # ------------------------------------------------------------------ callback API
     def on_train_begin(self, step: int) -> None:
-        if self.wants_initial_losses and self.provider is not None and self.provider.initial_losses is None:
+        if (
+            self.wants_initial_losses
+            and self.provider is not None
+            and self.provider.initial_losses is None
+        ):
             model, _ = self._model_and_optimizer()
             fz = self.provider._featurizer(model, "per_sample_loss", {})
-            values, valid = self.provider._run(fz, model, _Rows(self.provider.train_dataset, None), "reference losses")
+            values, valid = self.provider._run(
+                fz, model, _Rows(self.provider.train_dataset, None), "reference losses"
+            )
             self.provider.initial_losses = np.where(valid, values.astype(np.float64), np.nan)
         self._decide(0)
 
@@ -746,7 +822,9 @@ class SelectController:
         if self.rank == 0 and self.cfg.plot and self.log_path.exists():
             from dataflex_llamafactory.plotting import plot_selection
 
-            plot_selection(self.log_path, Path(output_dir) / "dataflex" / "selection.png", domains=self.domains)
+            plot_selection(
+                self.log_path, Path(output_dir) / "dataflex" / "selection.png", domains=self.domains
+            )
         if self.cfg.check_state_consistency:
             out = Path(output_dir) / "dataflex" / f"final_state_rank{self.rank}.json"
             atomic_write_json(out, {"selector": self.selector.state_dict()})
@@ -772,7 +850,8 @@ class SelectController:
             "sampler": self.sampler.state_dict(consumed=step * self.G),
             "lr_since_update": list(provider.lr_since_update) if provider else [],
             "initial_losses": (
-                None if provider is None or provider.initial_losses is None
+                None
+                if provider is None or provider.initial_losses is None
                 else [None if not np.isfinite(x) else float(x) for x in provider.initial_losses]
             ),
         }
@@ -782,7 +861,9 @@ class SelectController:
         path = Path(checkpoint_dir) / SELECT_STATE_FILE
         if self.rank == 0:
             atomic_write_json(path, state)
-            get_plugin_manager().hook.dataflex_on_save(step=step, checkpoint_dir=str(checkpoint_dir), state=state)
+            get_plugin_manager().hook.dataflex_on_save(
+                step=step, checkpoint_dir=str(checkpoint_dir), state=state
+            )
         return path
 
     def load(self, checkpoint_dir: str | Path, step: int) -> None:
@@ -795,11 +876,16 @@ class SelectController:
         try:
             state = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise StateError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged.") from None
+            raise StateError(
+                f"{path} is not valid JSON ({exc}); the checkpoint is damaged."
+            ) from None
         self.load_state_dict(state, step)
 
     def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
-        if state.get("schema_version") != SCHEMA_VERSION or state.get("train_type") != "dynamic_select":
+        if (
+            state.get("schema_version") != SCHEMA_VERSION
+            or state.get("train_type") != "dynamic_select"
+        ):
             raise StateError(
                 f"the checkpoint's dataflex state is for train_type {state.get('train_type')!r} "
                 f"(schema {state.get('schema_version')!r}), not a dynamic_select run."
@@ -830,10 +916,9 @@ class SelectController:
             self.provider.lr_since_update = [float(x) for x in state.get("lr_since_update", [])]
             init = state.get("initial_losses")
             if init is not None:
-                self.provider.initial_losses = np.array([np.nan if x is None else x for x in init], dtype=np.float64)
+                self.provider.initial_losses = np.array(
+                    [np.nan if x is None else x for x in init], dtype=np.float64
+                )
         if self.rank == 0:
             for log_file in (self.log_path, self.selection_log):
-                if log_file.exists():
-                    lines = [ln for ln in log_file.read_text().splitlines() if ln.strip()]
-                    keep = [ln for ln in lines if json.loads(ln)["step"] <= step]
-                    atomic_write_text(log_file, "".join(ln + "\n" for ln in keep))
+                truncate_jsonl(log_file, step)  # also drops a torn last line

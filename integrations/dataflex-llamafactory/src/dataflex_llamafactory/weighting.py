@@ -27,9 +27,9 @@ from dataflex_core import (
     WeightFeedback,
     append_jsonl,
     atomic_write_json,
-    atomic_write_text,
     get_plugin_manager,
     get_registry,
+    truncate_jsonl,
 )
 
 from dataflex_llamafactory.config import RunConfig
@@ -335,12 +335,4 @@ class WeightController:
                 )
         self.weighter.load_state_dict(state["weighter"])
         if self.rank == 0 and self.log_path.exists():
-            lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
-            keep = []
-            for ln in lines:
-                try:
-                    if json.loads(ln)["step"] <= step:
-                        keep.append(ln)
-                except (json.JSONDecodeError, KeyError):
-                    continue
-            atomic_write_text(self.log_path, "".join(x + "\n" for x in keep))
+            truncate_jsonl(self.log_path, step)

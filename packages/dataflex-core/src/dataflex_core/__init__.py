@@ -14,7 +14,7 @@ from dataflex_core.errors import (
     PluginError,
     StateError,
 )
-from dataflex_core.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from dataflex_core.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, truncate_jsonl
 from dataflex_core.markers import hookimpl, hookspec
 from dataflex_core.plugins import (
     DataflexPluginManager,
@@ -78,5 +78,6 @@ __all__ = [
     "hookspec",
     "parse_config",
     "read_jsonl",
+    "truncate_jsonl",
     "reset_plugin_manager",
 ]

@@ -9,7 +9,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "append_jsonl", "read_jsonl"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "append_jsonl",
+    "read_jsonl",
+    "truncate_jsonl",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -78,3 +85,18 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def truncate_jsonl(path: str | os.PathLike[str], max_step: int, key: str = "step") -> int:
+    """Keep only the records of a JSONL log with ``record[key] <= max_step``, atomically.
+
+    Used on resume: decisions made after the checkpoint are dropped (the resumed run makes them
+    again). A torn last line (a writer killed mid-append) and records without ``key`` are
+    dropped too. Returns the number of records kept; a missing file keeps 0.
+    """
+    target = Path(path)
+    if not target.exists():
+        return 0
+    keep = [r for r in read_jsonl(target) if isinstance(r.get(key), int) and r[key] <= max_step]
+    atomic_write_text(target, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+    return len(keep)

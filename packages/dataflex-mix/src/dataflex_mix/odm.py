@@ -288,6 +288,10 @@ def domain_mean_losses(
     return np.where(pulled, s / np.where(pulled, z, 1.0), 0.0), pulled
 
 
+#: Largest exponent of the official ODM reward ``exp(L)`` (float64 overflows above ~709.78).
+_MAX_EXP = 700.0
+
+
 def odm_rewards_update(
     rewards: ArrayLike,
     losses: ArrayLike,
@@ -319,7 +323,9 @@ def odm_rewards_update(
     elif variant == "official_exp3":
         new = r + (loss / 10.0) / safe_pi
     elif variant in ("official_smoothed_mean", "official_smoothed_mean_group"):
-        new = alpha * r + (1.0 - alpha) * np.exp(loss)
+        # exp overflows float64 above ~709.78; a token-mean loss that large is already
+        # meaningless, so the exponent is clipped there to keep the policy on the simplex.
+        new = alpha * r + (1.0 - alpha) * np.exp(np.minimum(loss, _MAX_EXP))
     else:
         raise ConfigError(f"variant must be one of {list(_VARIANTS)}, got {variant!r}.")
     return np.where(mask, new, r)

@@ -121,7 +121,15 @@ class AdamMoments:
 
     @classmethod
     def from_optimizer(cls, optimizer: Any, model: torch.nn.Module) -> AdamMoments:
-        """Moments of a live ``torch.optim`` Adam/AdamW (or a wrapper with ``.optimizer``)."""
+        """Moments of a live ``torch.optim`` Adam/AdamW (or a wrapper with ``.optimizer``).
+
+        Under DeepSpeed ZeRO (parameters partitioned, the optimizer holding flat fp32
+        partitions) the full moments of each trainable parameter are assembled with DeepSpeed's
+        ``safe_get_full_optimizer_state``, a collective: every rank calls it, in parameter order.
+        """
+        params = list(unwrap_model(model).named_parameters())
+        if any(hasattr(p, "ds_id") or hasattr(p, "_hp_mapping") for _, p in params):
+            return cls._from_deepspeed(optimizer, params)
         inner = optimizer
         while not hasattr(inner, "param_groups") and hasattr(inner, "optimizer"):
             inner = inner.optimizer
@@ -139,6 +147,41 @@ class AdamMoments:
                 out.betas[name] = tuple(group.get("betas", OFFICIAL_BETAS))  # type: ignore[assignment]
                 out.eps[name] = float(group.get("eps", OFFICIAL_EPS))
                 out.lr[name] = float(_as_float(group.get("lr", math.nan)))
+        return out
+
+
+    @classmethod
+    def _from_deepspeed(cls, optimizer: Any, params: Sequence[tuple[str, Any]]) -> AdamMoments:
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        # accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> the torch optimizer that steps
+        # the flat fp32 partitions (whose state holds the step count).
+        inner = optimizer
+        while hasattr(inner, "optimizer"):
+            inner = inner.optimizer
+        groups = list(getattr(inner, "param_groups", []) or [{}])
+        group = groups[0]
+        steps = [
+            int(_as_float(st["step"]))
+            for st in getattr(inner, "state", {}).values()
+            if isinstance(st, Mapping) and "step" in st
+        ]
+        step = max(steps) if steps else 0
+        out = cls({}, {}, {}, source="live optimizer (DeepSpeed ZeRO)")
+        for name, p in params:
+            if not p.requires_grad:
+                continue
+            m = safe_get_full_optimizer_state(p, "exp_avg")
+            v = safe_get_full_optimizer_state(p, "exp_avg_sq")
+            if m is None or v is None or step == 0:
+                continue
+            key = canonical_name(name)
+            out.exp_avg[key] = m.detach().reshape(p.ds_shape if hasattr(p, "ds_shape") else p.shape)
+            out.exp_avg_sq[key] = v.detach().reshape(out.exp_avg[key].shape)
+            out.step[key] = step
+            out.betas[key] = tuple(group.get("betas", OFFICIAL_BETAS))  # type: ignore[assignment]
+            out.eps[key] = float(group.get("eps", OFFICIAL_EPS))
+            out.lr[key] = float(_as_float(group.get("lr", math.nan)))
         return out
 
 

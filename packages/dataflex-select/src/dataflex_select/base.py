@@ -53,6 +53,12 @@ __all__ = [
 ]
 
 
+def _ceil_fraction(fraction: float, num_samples: int) -> int:
+    """``⌈fraction · N⌉`` of the decimal value: ``0.07 · 100`` is 7 (binary floating point gives
+    7.000000000000001, whose ceiling would be 8)."""
+    return int(math.ceil(round(fraction * num_samples, 9)))
+
+
 def budget_count(budget: float | int, num_samples: int, key: str = "budget") -> int:
     """Resolve a budget given as a fraction of the pool (``0 < b <= 1``, float) or a count.
 
@@ -67,7 +73,7 @@ def budget_count(budget: float | int, num_samples: int, key: str = "budget") -> 
                 f"{key} = {budget!r}: a fractional {key} must be in (0, 1]; give a row count "
                 f"(an integer) for an absolute size."
             )
-        return max(1, int(math.ceil(budget * num_samples)))
+        return max(1, _ceil_fraction(budget, num_samples))
     count = int(budget)
     if count < 1:
         raise DataError(f"{key} = {budget!r} selects nothing; it must be >= 1 (or a fraction).")
@@ -176,7 +182,9 @@ class ScoredSelector:
 
     # ------------------------------------------------------------------ to implement
 
-    def _signals(self, request: SelectRequest, candidates: NDArray[np.int64]) -> list[SignalRequest]:
+    def _signals(
+        self, request: SelectRequest, candidates: NDArray[np.int64]
+    ) -> list[SignalRequest]:
         """Signals needed to choose among ``candidates`` (rows of the pool)."""
         return []
 
@@ -202,11 +210,13 @@ class ScoredSelector:
         if c is None:
             cand = np.arange(size, dtype=np.int64)
         else:
-            m = min(size, int(math.ceil(c * size)) if isinstance(c, float) else int(c))
+            m = min(size, _ceil_fraction(c, size) if isinstance(c, float) else int(c))
             seed = derive(self.seed, "candidates", request.epoch, request.step)
             cand = np.sort(sample_without_replacement(np.ones(size), m, seed))
         if self.config.exclude_recent and self._recent:
-            recent = np.unique(np.concatenate([np.asarray(w, dtype=np.int64) for w in self._recent]))
+            recent = np.unique(
+                np.concatenate([np.asarray(w, dtype=np.int64) for w in self._recent])
+            )
             cand = cand[~np.isin(cand, recent)]
         return cand
 
@@ -245,7 +255,9 @@ class ScoredSelector:
         filled = 0
         while filled < n:
             pass_no, pos = divmod(self._pool_cursor, size)
-            perm = generator(derive(self.seed, "pool_window", self._pool_step, pass_no)).permutation(size)
+            perm = generator(
+                derive(self.seed, "pool_window", self._pool_step, pass_no)
+            ).permutation(size)
             take = min(n - filled, size - pos)
             out[filled : filled + take] = self._pool[perm[pos : pos + take]]
             filled += take
