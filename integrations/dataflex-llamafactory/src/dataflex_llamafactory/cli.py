@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("plugins", help="list DataFlex plugins, their distributions and hooks")
     c = sub.add_parser("components", help="list every registered component with its source")
     c.add_argument("--kind", choices=["selector", "mixer", "weighter", "featurizer", "index", "reward"], default=None)
+    doc = sub.add_parser(
+        "doctor", help="check the environment (packages, GPUs, plugins, caches) and how to fix it"
+    )
+    doc.add_argument("--json", action="store_true", help="print the results as JSON")
     return p
 
 
@@ -232,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_plugins(ns)
         if ns.command == "components":
             return _cmd_components(ns)
+        if ns.command == "doctor":
+            from dataflex_llamafactory.doctor import run_doctor
+
+            return run_doctor(json_output=ns.json)
     except DataflexError as exc:
         print(f"dataflex-cli: error: {exc}", file=sys.stderr)
         return 2
