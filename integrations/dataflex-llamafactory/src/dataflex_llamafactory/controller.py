@@ -204,7 +204,7 @@ class MixController:
                 )
             if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
                 raise DataError(
-                    f"init_mixture_proportions {list(p)} must be finite, >= 0 and sum to > 0."
+                    f"init_mixture_proportions {[float(x) for x in p]} must be finite, >= 0 and sum to > 0."
                 )
             if abs(p.sum() - 1.0) > 1e-6:
                 log.warning(

@@ -137,6 +137,36 @@ def _content_fingerprint(ds: Any) -> str:
     return h.hexdigest()
 
 
+def _load_dataset(name: str, what: str, template: Any, model_args: Any, data_args: Any, training_args: Any, stage: str, tokenizer_module: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA-Factory's ``get_dataset`` for one dataset, with its failures as one clear error.
+
+    A corrupt file (e.g. a broken JSONL line) and a dataset whose rows are all dropped in
+    preprocessing surface from ``datasets``/LLaMA-Factory as bare exceptions; name the dataset
+    and the fix instead.
+    """
+    from llamafactory.data import get_dataset
+
+    try:
+        return get_dataset(template, model_args, data_args, training_args, stage=stage, **tokenizer_module)
+    except RuntimeError as exc:
+        if "sufficient samples" in str(exc):
+            where = {"domain": " from `dataset:`", "target_dataset": " from `target_dataset:`"}.get(what, "")
+            raise DataError(
+                f"{what} {name!r} has no rows after preprocessing (empty file, every row longer "
+                f"than cutoff_len, or filtered); fix its file or remove it{where}."
+            ) from exc
+        raise
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for unreadable files
+        kind = type(exc).__name__
+        if kind in ("DatasetGenerationError", "ArrowInvalid", "JSONDecodeError") or "json" in str(exc).lower():
+            raise DataError(
+                f"{what} {name!r} could not be read ({kind}: {str(exc).splitlines()[0][:200]}); "
+                "check that its file is valid (one JSON object per line for .jsonl) and matches "
+                "its dataset_info.json entry."
+            ) from exc
+        raise
+
+
 def _domain_datasets(template: Any, model_args: Any, data_args: Any, training_args: Any, stage: str, tokenizer_module: dict[str, Any]) -> tuple[Any, list[str], list[int], str]:
     """Load and preprocess each dataset as one domain; concatenate with a domain_id column."""
     from datasets import concatenate_datasets
@@ -153,7 +183,7 @@ def _domain_datasets(template: Any, model_args: Any, data_args: Any, training_ar
         dargs.dataset = [name]
         dargs.eval_dataset = None
         dargs.tokenized_path = None
-        module = get_dataset(template, model_args, dargs, training_args, stage=stage, **tokenizer_module)
+        module = _load_dataset(name, "domain", template, model_args, dargs, training_args, stage, tokenizer_module)
         ds = module.get("train_dataset")
         n = 0 if ds is None else len(ds)
         if n == 0:
@@ -188,7 +218,7 @@ def _target_dataset(run: RunConfig, template: Any, model_args: Any, data_args: A
     dargs.dataset = names
     dargs.eval_dataset = None
     dargs.tokenized_path = None
-    module = get_dataset(template, model_args, dargs, training_args, stage=stage, **tokenizer_module)
+    module = _load_dataset(",".join(names), "target_dataset", template, model_args, dargs, training_args, stage, tokenizer_module)
     ds = module.get("train_dataset")
     if ds is None or len(ds) == 0:
         raise DataError(f"target_dataset {names} has no rows after preprocessing.")
@@ -219,7 +249,7 @@ def _mixer_eval_sets(run: RunConfig, domains: list[str], template: Any, model_ar
         dargs.dataset = [name]
         dargs.eval_dataset = None
         dargs.tokenized_path = None
-        ds = get_dataset(template, model_args, dargs, training_args, stage=stage, **tokenizer_module).get("train_dataset")
+        ds = _load_dataset(name, "mixer_eval_dataset", template, model_args, dargs, training_args, stage, tokenizer_module).get("train_dataset")
         if ds is None or len(ds) == 0:
             raise DataError(f"mixer_eval_dataset {name!r} has no rows after preprocessing.")
         out.append(ds)
