@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from dataflex_core import DataflexError, get_plugin_manager, get_registry
 

@@ -42,7 +42,7 @@ from dataflex_ops.loss import per_sample_loss
 
 from dataflex_llamafactory.config import RunConfig
 
-__all__ = ["MixController", "STATE_FILE", "SCHEMA_VERSION"]
+__all__ = ["MixController", "STATE_FILE", "SCHEMA_VERSION", "read_state", "check_saved_state"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,40 @@ def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """``checkpoint_dir/dataflex_state.json``, with clear errors when it is missing or damaged."""
+    path = Path(checkpoint_dir) / STATE_FILE
+    if not path.is_file():
+        raise StateError(
+            f"cannot resume from {str(checkpoint_dir)!r}: it has no {STATE_FILE}, so it was not "
+            "written by a dataflex run with this train_type; start a fresh run or pick another checkpoint."
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StateError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged.") from None
+
+
+def check_saved_state(
+    state: Mapping[str, Any],
+    expect: Mapping[str, Any],
+    fingerprint: str = "",
+    fix: str = "resume with the same config, datasets and batch sizes.",
+) -> None:
+    """Raise :class:`StateError` unless ``state`` belongs to this run (``expect``, data fingerprint)."""
+    for key, mine in expect.items():
+        if state.get(key) != mine:
+            raise StateError(
+                f"the checkpoint's dataflex state has {key}={state.get(key)!r} but this run has "
+                f"{mine!r}; {fix}"
+            )
+    if fingerprint and state.get("dataset_fingerprint") not in ("", fingerprint):
+        raise StateError(
+            "the training data changed since the checkpoint (fingerprint mismatch); resume "
+            "with the same dataset files and preprocessing settings."
+        )
 
 
 def _state_hash(state: Any) -> str:
@@ -579,17 +613,7 @@ class MixController:
 
     def load(self, checkpoint_dir: str | Path, step: int) -> None:
         """Restore from ``checkpoint_dir/dataflex_state.json`` written at ``step``."""
-        path = Path(checkpoint_dir) / STATE_FILE
-        if not path.is_file():
-            raise StateError(
-                f"cannot resume from {str(checkpoint_dir)!r}: it has no {STATE_FILE}, so it was not "
-                "written by a dataflex run with this train_type; start a fresh run or pick another checkpoint."
-            )
-        try:
-            state = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise StateError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged.") from None
-        self.load_state_dict(state, step)
+        self.load_state_dict(read_state(checkpoint_dir), step)
 
     def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
         """Restore a :meth:`state_dict` snapshot, checking it belongs to this run."""
@@ -604,17 +628,7 @@ class MixController:
             "effective_config_hash": self.run.effective_hash(),
             "step": step,
         }
-        for key, mine in expect.items():
-            if state.get(key) != mine:
-                raise StateError(
-                    f"the checkpoint's dataflex state has {key}={state.get(key)!r} but this run has "
-                    f"{mine!r}; resume with the same config, datasets and batch sizes."
-                )
-        if self.fingerprint and state.get("dataset_fingerprint") not in ("", self.fingerprint):
-            raise StateError(
-                "the training data changed since the checkpoint (fingerprint mismatch); resume "
-                "with the same dataset files and preprocessing settings."
-            )
+        check_saved_state(state, expect, self.fingerprint)
         if self.mixer is not None:
             self.mixer.load_state_dict(state["mixer"])
         self.window_props = {int(u): list(p) for u, p in state["window_props"].items()}

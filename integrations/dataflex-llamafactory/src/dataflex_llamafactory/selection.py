@@ -867,19 +867,9 @@ class SelectController:
         return path
 
     def load(self, checkpoint_dir: str | Path, step: int) -> None:
-        path = Path(checkpoint_dir) / SELECT_STATE_FILE
-        if not path.is_file():
-            raise StateError(
-                f"cannot resume from {str(checkpoint_dir)!r}: it has no {SELECT_STATE_FILE}; it was "
-                "not written by a dynamic_select run."
-            )
-        try:
-            state = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise StateError(
-                f"{path} is not valid JSON ({exc}); the checkpoint is damaged."
-            ) from None
-        self.load_state_dict(state, step)
+        from dataflex_llamafactory.controller import read_state
+
+        self.load_state_dict(read_state(checkpoint_dir), step)
 
     def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
         if (
@@ -898,17 +888,9 @@ class SelectController:
             "effective_config_hash": self.run.effective_hash(),
             "step": step,
         }
-        for key, mine in expect.items():
-            if state.get(key) != mine:
-                raise StateError(
-                    f"the checkpoint's dataflex state has {key}={state.get(key)!r} but this run has "
-                    f"{mine!r}; resume with the same config, datasets and batch sizes."
-                )
-        if self.fingerprint and state.get("dataset_fingerprint") not in ("", self.fingerprint):
-            raise StateError(
-                "the training data changed since the checkpoint (fingerprint mismatch); resume "
-                "with the same dataset files and preprocessing settings."
-            )
+        from dataflex_llamafactory.controller import check_saved_state
+
+        check_saved_state(state, expect, self.fingerprint)
         self.selector.load_state_dict(state["selector"])
         self.sampler.load_state_dict(state["sampler"])
         self.update_count = int(state["update_count"])

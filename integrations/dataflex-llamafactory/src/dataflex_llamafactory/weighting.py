@@ -13,7 +13,6 @@ optimizer applies is exactly ``grad J`` with ``J = (1/GA) sum_mu J_mu``:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -33,7 +32,13 @@ from dataflex_core import (
 )
 
 from dataflex_llamafactory.config import RunConfig
-from dataflex_llamafactory.controller import SCHEMA_VERSION, STATE_FILE, _dist
+from dataflex_llamafactory.controller import (
+    SCHEMA_VERSION,
+    STATE_FILE,
+    _dist,
+    check_saved_state,
+    read_state,
+)
 
 __all__ = ["WeightController"]
 
@@ -313,11 +318,7 @@ class WeightController:
         return path
 
     def load(self, checkpoint_dir: str | Path, step: int) -> None:
-        path = Path(checkpoint_dir) / STATE_FILE
-        if not path.is_file():
-            raise StateError(f"cannot resume from {str(checkpoint_dir)!r}: it has no {STATE_FILE}.")
-        state = json.loads(path.read_text())
-        self.load_state_dict(state, step)
+        self.load_state_dict(read_state(checkpoint_dir), step)
 
     def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
         expect = {
@@ -327,12 +328,7 @@ class WeightController:
             "effective_config_hash": self.run.effective_hash(),
             "step": step,
         }
-        for key, mine in expect.items():
-            if state.get(key) != mine:
-                raise StateError(
-                    f"the checkpoint's dataflex state has {key}={state.get(key)!r} but this run has "
-                    f"{mine!r}; resume with the same config and datasets."
-                )
+        check_saved_state(state, expect, fix="resume with the same config and datasets.")
         self.weighter.load_state_dict(state["weighter"])
         if self.rank == 0 and self.log_path.exists():
             truncate_jsonl(self.log_path, step)

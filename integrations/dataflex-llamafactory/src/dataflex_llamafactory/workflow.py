@@ -170,7 +170,6 @@ def _load_dataset(name: str, what: str, template: Any, model_args: Any, data_arg
 def _domain_datasets(template: Any, model_args: Any, data_args: Any, training_args: Any, stage: str, tokenizer_module: dict[str, Any]) -> tuple[Any, list[str], list[int], str]:
     """Load and preprocess each dataset as one domain; concatenate with a domain_id column."""
     from datasets import concatenate_datasets
-    from llamafactory.data import get_dataset
 
     names = list(data_args.dataset or [])
     if not names:
@@ -201,7 +200,6 @@ def _domain_datasets(template: Any, model_args: Any, data_args: Any, training_ar
 
 def _target_dataset(run: RunConfig, template: Any, model_args: Any, data_args: Any, training_args: Any, stage: str, tokenizer_module: dict[str, Any]) -> Any:
     """The tokenised target set (``target_dataset``, else ``eval_dataset`` with a warning)."""
-    from llamafactory.data import get_dataset
 
     names = _names(run.dataflex.target_dataset)
     if not names:
@@ -227,7 +225,6 @@ def _target_dataset(run: RunConfig, template: Any, model_args: Any, data_args: A
 
 def _mixer_eval_sets(run: RunConfig, domains: list[str], template: Any, model_args: Any, data_args: Any, training_args: Any, stage: str, tokenizer_module: dict[str, Any]) -> list[Any]:
     """One tokenised eval set per training domain (``mixer_eval_dataset``)."""
-    from llamafactory.data import get_dataset
 
     spec = run.dataflex.mixer_eval_dataset
     if spec is None:

@@ -173,6 +173,9 @@ class ScoredSelector:
         self._pool_step = -1  # step at which the subset was picked
         self._pool_cursor = 0  # windows served from the subset, in rows
         self._recent: list[list[int]] = []  # last `exclude_recent` windows
+        # rows whose signal had no valid value (e.g. no unmasked token): never chosen, not even
+        # by a random fill
+        self._invalid_rows: NDArray[np.int64] = np.empty(0, dtype=np.int64)
         #: ``(indices, scores)`` of the last scored update, for reports (scores NaN = unscored).
         self.last_scores: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None
 
@@ -202,6 +205,20 @@ class ScoredSelector:
         """Restore :meth:`_extra_state`."""
 
     # ------------------------------------------------------------------ shell
+
+    def note_invalid_rows(self, rows: Any, values: Any) -> None:
+        """Remember the pool ``rows`` whose signal ``values`` (one row each) are not finite."""
+        arr = np.asarray(values, dtype=np.float64)
+        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if bad.any():
+            self._invalid_rows = np.union1d(self._invalid_rows, np.asarray(rows)[bad]).astype(np.int64)
+
+    def allowed_mask(self, request: SelectRequest, candidates: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """A length-``N`` mask of the candidates, without rows noted invalid."""
+        allowed = np.zeros(request.num_samples, dtype=bool)
+        allowed[candidates] = True
+        allowed[self._invalid_rows] = False
+        return allowed
 
     def candidates(self, request: SelectRequest) -> NDArray[np.int64]:
         """The pool rows scored at this update, ascending (``candidate_subsample``, recent)."""
@@ -295,6 +312,7 @@ class ScoredSelector:
             "pool_step": self._pool_step,
             "pool_cursor": self._pool_cursor,
             "recent": [list(w) for w in self._recent],
+            "invalid_rows": self._invalid_rows.tolist(),
             "algorithm": self._extra_state(),
         }
 
@@ -313,6 +331,7 @@ class ScoredSelector:
             self._pool_step = int(state.get("pool_step", -1))
             self._pool_cursor = int(state.get("pool_cursor", 0))
             self._recent = [[int(i) for i in w] for w in state.get("recent", [])]
+            self._invalid_rows = np.asarray(state.get("invalid_rows", []), dtype=np.int64)
         except (TypeError, ValueError) as exc:
             raise StateError(f"{self.what}: malformed saved state: {exc}") from exc
         self.selections = selections

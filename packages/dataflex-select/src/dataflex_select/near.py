@@ -341,7 +341,6 @@ class NearSelector(ScoredSelector):
         context: ComponentContext | None = None,
     ) -> None:
         super().__init__(config, context)
-        self._invalid_rows: NDArray[np.int64] = np.empty(0, dtype=np.int64)
         self.config: NearSelectorConfig
         self.matrix: NDArray[np.int64] | None = None
         self._matrix_sha: str | None = None
@@ -390,9 +389,7 @@ class NearSelector(ScoredSelector):
 
     def _compute(self, request: SelectRequest, rows: NDArray[np.int64]) -> NDArray[np.int64]:
         pool = signal_rows(request, "embedding", len(rows), self.what)
-        bad = ~np.isfinite(np.asarray(pool, dtype=np.float64)).all(axis=1)
-        if bad.any():  # rows without a valid embedding are never chosen, not even as a fill
-            self._invalid_rows = np.union1d(self._invalid_rows, np.asarray(rows)[bad]).astype(np.int64)
+        self.note_invalid_rows(rows, pool)  # never chosen, not even as a fill
         if "target_embedding" not in request.extras:
             signal_rows(request, "target_embedding", 0, self.what)  # raises: missing
         local = near_neighbour_matrix(
@@ -441,9 +438,7 @@ class NearSelector(ScoredSelector):
     ) -> NDArray[np.int64]:
         size = request.num_samples
         mat = self.neighbours(request, candidates)
-        allowed = np.zeros(size, dtype=bool)
-        allowed[candidates] = True
-        allowed[self._invalid_rows] = False
+        allowed = self.allowed_mask(request, candidates)
         if self.config.exclude_selected:
             if self._taken_epoch != request.epoch:
                 self._taken_epoch, self._taken = request.epoch, []
@@ -477,7 +472,6 @@ class NearSelector(ScoredSelector):
             and self.matrix.size <= STATE_INLINE_MAX
         )
         return {
-            "invalid_rows": self._invalid_rows.tolist(),
             "indices_path": self._indices_path,
             "indices_sha256": self._indices_sha,
             "matrix_sha256": self._matrix_sha,
@@ -488,7 +482,6 @@ class NearSelector(ScoredSelector):
 
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         try:
-            self._invalid_rows = np.asarray(state.get("invalid_rows", []), dtype=np.int64)
             self._indices_path = state.get("indices_path")
             self._indices_sha = state.get("indices_sha256")
             self._matrix_sha = state.get("matrix_sha256")

@@ -464,7 +464,6 @@ class TsdsSelector(ScoredSelector):
         context: ComponentContext | None = None,
     ) -> None:
         super().__init__(config, context)
-        self._invalid_rows: NDArray[np.int64] = np.empty(0, dtype=np.int64)
         self.config: TsdsSelectorConfig
         self.distinct = self.config.sampling == "without_replacement"
         self.probabilities: NDArray[np.float64] | None = None
@@ -523,9 +522,7 @@ class TsdsSelector(ScoredSelector):
         never = self.config.recompute == "never"
         rows = np.arange(size, dtype=np.int64) if never else candidates
         pool = signal_rows(request, "embedding", len(rows), self.what)
-        bad = ~np.isfinite(np.asarray(pool, dtype=np.float64)).all(axis=1)
-        if bad.any():  # rows without a valid embedding are never chosen, not even as a fill
-            self._invalid_rows = np.union1d(self._invalid_rows, np.asarray(rows)[bad]).astype(np.int64)
+        self.note_invalid_rows(rows, pool)  # never chosen, not even as a fill
         if "target_embedding" not in request.extras:
             signal_rows(request, "target_embedding", 0, self.what)  # raises: missing
         cfg = self.config
@@ -560,9 +557,7 @@ class TsdsSelector(ScoredSelector):
         self, request: SelectRequest, candidates: NDArray[np.int64], n: int
     ) -> NDArray[np.int64]:
         p = self.distribution(request, candidates)
-        allowed = np.zeros(request.num_samples, dtype=bool)
-        allowed[candidates] = True
-        allowed[self._invalid_rows] = False
+        allowed = self.allowed_mask(request, candidates)
         self.last_scores = (candidates, p[candidates])
         return tsds_sample(
             p,
@@ -581,7 +576,6 @@ class TsdsSelector(ScoredSelector):
             if nz.size <= STATE_INLINE_MAX:
                 sparse = {"size": int(p.size), "rows": nz.tolist(), "values": p[nz].tolist()}
         return {
-            "invalid_rows": self._invalid_rows.tolist(),
             "probs_path": self._probs_path,
             "probs_sha256": self._probs_sha,
             "p_sha256": self._p_sha,
@@ -590,7 +584,6 @@ class TsdsSelector(ScoredSelector):
 
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         try:
-            self._invalid_rows = np.asarray(state.get("invalid_rows", []), dtype=np.int64)
             self._probs_path = state.get("probs_path")
             self._probs_sha = state.get("probs_sha256")
             self._p_sha = state.get("p_sha256")
