@@ -739,12 +739,6 @@ CASES = [
     pytest.param(
         _resume_into_fresh_dir,
         ["dataflex_state.json is not valid JSON", "the checkpoint is damaged"],
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the state is checked in on_train_begin, after "
-            "the CLI stops cleaning up: a fresh output_dir is left behind "
-            "holding dataflex/effective_config.json",
-        ),
         id="resume-damaged-state-fresh-output_dir",
     ),
     pytest.param(

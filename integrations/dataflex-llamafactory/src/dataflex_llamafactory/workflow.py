@@ -574,6 +574,12 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
                 Path(training_args.output_dir) / "dataflex" / "effective_config.json",
                 {**run.effective(), "hash": run.effective_hash(), **controller.describe()},
             )
+    if controller is not None and training_args.resume_from_checkpoint:
+        # Fail on a missing or damaged dataflex state now, while the CLI still cleans up a fresh
+        # output_dir; the controller's on_train_begin loads and checks the state in full later.
+        from dataflex_llamafactory.controller import read_state
+
+        read_state(training_args.resume_from_checkpoint)
     if on_started is not None:
         on_started()
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
