@@ -1,7 +1,8 @@
 """A run killed by SIGKILL after a checkpoint, resumed from it, equals an uninterrupted run.
 
 One component per paradigm: a mixer (ODM), a model-in-the-loop selector (loss) and a weighter
-(loss). The killed run's folder is reused as it is (logs that ran past the checkpoint, maybe a
+(loss), plus the DoReMi pipeline's stateful step (the proxy run against a reference model; its
+averaged weights, which step 3 trains on, must come out the same). The killed run's folder is reused as it is (logs that ran past the checkpoint, maybe a
 half-written later checkpoint), as a user would after a crash.
 """
 
@@ -45,6 +46,15 @@ PARADIGMS = {
         "update_step": 1,
         "update_times": STEPS - 4,
     },
+    "mix-doremi-proxy": {
+        "train_type": "dynamic_mix",
+        "component_name": "doremi",
+        # any model with the proxy's tokenizer serves as the reference for resume equivalence
+        "component_params": {"reference_model_path": "builtin:tiny-llama?seed=1"},
+        "warmup_step": 0,
+        "update_step": 1,
+        "update_times": STEPS,
+    },
     "select-loss": {
         "train_type": "dynamic_select",
         "component_name": "loss",
@@ -69,10 +79,14 @@ def _losses(out: Path) -> dict[int, float]:
 
 
 def _log(out: Path, name: str) -> list[dict]:
+    """A dataflex log's records, without their wall-clock timing (the only field that may differ)."""
     path = out / "dataflex" / name
-    return (
+    records = (
         [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
     )
+    for r in records:
+        r.pop("timing", None)
+    return records
 
 
 def _kill_after_checkpoint(cmd: list[str], env: dict, out: Path, timeout: float = 300) -> None:
@@ -151,7 +165,7 @@ def test_killed_run_resumes_exactly(tmp_path, write_config, quickstart, cli_env,
     assert sorted(lb) == sorted(la) == list(range(1, STEPS + 1))
     for step in range(CKPT + 1, STEPS + 1):
         assert lb[step] == pytest.approx(la[step], rel=1e-5), step
-    for name in ("decisions.jsonl", "selections.jsonl"):
+    for name in ("decisions.jsonl", "selections.jsonl", "doremi_weights.jsonl"):
         a, b = _log(full, name), _log(run, name)
         if paradigm.startswith("weight"):  # weight statistics are floats of a float model
             assert [r["step"] for r in a] == [r["step"] for r in b]
@@ -162,6 +176,10 @@ def test_killed_run_resumes_exactly(tmp_path, write_config, quickstart, cli_env,
     for key in ("mixer", "selector", "weighter", "sampler"):
         if key in sa:
             assert sa[key] == sb[key], key
+    if paradigm == "mix-doremi-proxy":  # what DoReMi step 3 trains on
+        wa = json.loads((full / "doremi_average_weights.json").read_text())
+        wb = json.loads((run / "doremi_average_weights.json").read_text())
+        assert wa == wb
 
 
 def _losses_from_log(out: Path) -> list[int]:
