@@ -37,7 +37,7 @@ class DataflexCallback(TrainerCallback):
             if c.rank == 0:
                 # A fresh run into an existing output_dir (overwrite_output_dir): earlier
                 # decision logs belong to another run.
-                for name in ("decisions.jsonl", "doremi_weights.jsonl", "selections.jsonl"):
+                for name in ("decisions.jsonl", "doremi_weights.jsonl", "selections.jsonl", "timing.jsonl"):
                     (Path(args.output_dir) / "dataflex" / name).unlink(missing_ok=True)
             c.on_train_begin(0)
         get_plugin_manager().hook.dataflex_on_train_begin(run={**self.run_info, "step": state.global_step})

@@ -1,4 +1,4 @@
-"""``dataflex-cli``: train, select, version, plugins, components."""
+"""``dataflex-cli``: train, select, report, version, plugins, components, doctor."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dataflex_core import DataflexError, get_plugin_manager, get_registry
 
@@ -95,7 +96,7 @@ def _cmd_train(ns: argparse.Namespace, argv: Sequence[str]) -> int:
     existed = out_path is not None and out_path.exists()
     started = {"flag": False}
     try:
-        run_train(run, on_started=lambda: started.update(flag=True))
+        trainer = run_train(run, on_started=lambda: started.update(flag=True))
     except BaseException:
         rank0 = os.environ.get("RANK", "0") == "0"
         if not started["flag"] and out_path is not None and not existed and out_path.exists() and rank0:
@@ -103,6 +104,35 @@ def _cmd_train(ns: argparse.Namespace, argv: Sequence[str]) -> int:
         raise
     finally:
         destroy_process_group()
+    _report_after_train(trainer)
+    return 0
+
+
+def _report_after_train(trainer: Any) -> None:
+    """Write the run report on rank 0; a failure is a warning, never a failed run."""
+    args = getattr(trainer, "args", None)
+    try:
+        if args is None or os.environ.get("RANK", "0") != "0":
+            return
+        is_zero = getattr(trainer, "is_world_process_zero", None)
+        if callable(is_zero) and not is_zero():
+            return
+        from dataflex_llamafactory.report import write_report
+
+        path = write_report(args.output_dir, extra={"seed": getattr(args, "seed", None)})
+        log.info("run report: %s", path)
+    except Exception as exc:  # noqa: BLE001 - the training itself succeeded
+        log.warning(
+            "could not write the run report for %s: %s: %s",
+            getattr(args, "output_dir", "?"), type(exc).__name__, exc,
+        )
+
+
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from dataflex_llamafactory.report import write_report
+
+    path = write_report(ns.output_dir, ns.out)
+    print(f"wrote {path}")
     return 0
 
 
@@ -207,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("overrides", nargs="*", help="key=value overrides; dotted keys reach into blocks")
     sel.add_argument("--budget", type=_budget_arg, default=None,
                      help="rows to keep: a count, or a fraction of the pool (default: the selector's budget)")
+    rep = sub.add_parser(
+        "report",
+        help="render an HTML report of a run (loss, proportions, selection, weights, timing)",
+    )
+    rep.add_argument("output_dir", help="the output_dir of a finished or partial `train` run")
+    rep.add_argument("--out", default=None,
+                     help="folder for report.html and its PNGs (default: OUTPUT_DIR/dataflex, or "
+                          "OUTPUT_DIR for runs without one)")
     sub.add_parser("version", help="print the versions of DataFlex and its main dependencies")
     sub.add_parser("plugins", help="list DataFlex plugins, their distributions and hooks")
     c = sub.add_parser("components", help="list every registered component with its source")
@@ -229,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_train(ns, argv)
         if ns.command == "select":
             return _cmd_select(ns)
+        if ns.command == "report":
+            return _cmd_report(ns)
         if ns.command == "version":
             return _cmd_version(ns)
         if ns.command == "plugins":

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,34 @@ from dataflex_ops.loss import per_sample_loss
 
 from dataflex_llamafactory.config import RunConfig
 
-__all__ = ["MixController", "STATE_FILE", "SCHEMA_VERSION", "read_state", "check_saved_state"]
+__all__ = [
+    "MixController",
+    "STATE_FILE",
+    "SCHEMA_VERSION",
+    "TIMING_FILE",
+    "read_state",
+    "check_saved_state",
+    "append_timing",
+]
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "dataflex_state.json"
 SCHEMA_VERSION = 1
+#: Wall time of each DataFlex phase, one line per decision (``dataflex/timing.jsonl``). Kept
+#: apart from ``decisions.jsonl`` so that log stays identical across kill-and-resume.
+TIMING_FILE = "timing.jsonl"
+
+
+def append_timing(
+    path: Path, step: int, kind: str, component: str, timing: Mapping[str, float]
+) -> None:
+    """Append one ``{"step", "kind", "component", "timing"}`` line (seconds, rounded to µs)."""
+    append_jsonl(
+        path,
+        [{"step": step, "kind": kind, "component": component,
+          "timing": {k: round(float(v), 6) for k, v in timing.items()}}],
+    )
 
 
 def _dist() -> tuple[int, int]:
@@ -205,6 +228,7 @@ class MixController:
             micro_batch_size=micro_batch_size,
         )
         self.log_path = self.output_dir / "dataflex" / "decisions.jsonl"
+        self.timing_path = self.output_dir / "dataflex" / TIMING_FILE
         self.trainer: Any = None
         # DoReMi's proxy run: the loss is alpha-weighted per domain and needs a reference model.
         self.doremi = self.mixer is not None and hasattr(self.mixer, "proxy_loss_weights")
@@ -378,19 +402,27 @@ class MixController:
     # ------------------------------------------------------------------ schedule
     def on_train_begin(self, step: int) -> None:
         """Make the ``s = 0`` decision (warmup_step 0) before anything is drawn."""
+        if step == 0 and self.rank == 0:
+            self.timing_path.unlink(missing_ok=True)  # a fresh run: older timings are another run's
         if step == 0 and self.mixer is not None and self.update_steps and self.update_steps[0] == 0:
-            self._decide(0, None)
+            self._decide(0, None, {})
 
     def on_step_end(self, step: int, model: Any = None) -> None:
         """Called after every optimizer step with ``step`` completed steps."""
         if self.mixer is None or step not in self._update_set:
             return
-        fb = self._reduced_feedback(step)
+        t0 = time.perf_counter()
+        fb = self._reduced_feedback(step)  # its .cpu() is the host sync that already existed
+        timing = {"feedback_s": time.perf_counter() - t0}
         if self.wants_eval_loss and self.mixer.eval_due:  # type: ignore[union-attr]
+            t0 = time.perf_counter()
             fb = dataclasses.replace(fb, eval_loss=self._eval_losses(model))
+            timing["eval_s"] = time.perf_counter() - t0
         if self.wants_gate_loads:
+            t0 = time.perf_counter()
             fb = dataclasses.replace(fb, extras={**fb.extras, "gate_loads": self._gate_loads(model)})
-        self._decide(step, fb)
+            timing["eval_s"] = timing.get("eval_s", 0.0) + time.perf_counter() - t0
+        self._decide(step, fb, timing)
 
     # ------------------------------------------------------------------ eval-set signals
     def _eval_pass(self, model: Any, limit: int | None, per_batch: Any) -> None:
@@ -493,9 +525,13 @@ class MixController:
             self._updates_cache = set(self.update_steps)
         return self._updates_cache
 
-    def _decide(self, step: int, feedback: MixFeedback | None) -> None:
+    def _decide(
+        self, step: int, feedback: MixFeedback | None, timing: dict[str, float] | None = None
+    ) -> None:
         assert self.mixer is not None
+        t0 = time.perf_counter()
         decision: MixDecision = self.mixer.step(feedback)
+        timing = {**(timing or {}), "update_s": time.perf_counter() - t0}
         p = [float(x) for x in decision.proportions]
         window = 0 if step == 0 else self.window_starts.index(step + 1) if step + 1 in self.window_starts else None
         if window is not None:
@@ -520,8 +556,13 @@ class MixController:
                 "domain_loss": [None if not np.isfinite(x) else float(x) for x in mean],
                 "domain_samples": [float(x) for x in feedback.sample_count],
             }
+            if feedback.eval_loss is not None:
+                record["feedback"]["eval_domain_loss"] = [
+                    None if not np.isfinite(x) else float(x) for x in feedback.eval_loss
+                ]
         if self.rank == 0:
             append_jsonl(self.log_path, [record])
+            append_timing(self.timing_path, step, "mixer", record["component"], timing)
             if self.doremi:
                 append_jsonl(self.output_dir / "dataflex" / "doremi_weights.jsonl",
                              [self.mixer.weights_history_record(step)])  # type: ignore[union-attr]
@@ -639,3 +680,8 @@ class MixController:
         if self.rank == 0 and self.log_path.exists():
             # Drop decisions made after the checkpoint: the resumed run makes them again.
             truncate_jsonl(self.log_path, step)
+        doremi_log = self.output_dir / "dataflex" / "doremi_weights.jsonl"
+        if self.rank == 0 and doremi_log.exists():
+            truncate_jsonl(doremi_log, step)  # DoReMi's per-step weights, same rule
+        if self.rank == 0:
+            truncate_jsonl(self.timing_path, step)

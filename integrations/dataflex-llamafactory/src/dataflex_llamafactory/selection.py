@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -639,6 +640,9 @@ class SelectController:
         self.update_count = 0
         self.log_path = self.output_dir / "dataflex" / "decisions.jsonl"
         self.selection_log = self.output_dir / "dataflex" / "selections.jsonl"
+        from dataflex_llamafactory.controller import TIMING_FILE
+
+        self.timing_path = self.output_dir / "dataflex" / TIMING_FILE
         self.decision_steps = [
             s
             for s in range(self.total_steps)
@@ -705,22 +709,30 @@ class SelectController:
         dist.broadcast(buf, src=0)
         return buf.cpu().numpy()
 
-    def _decide(self, step: int) -> None:
+    def _decide(self, step: int, signals_s: float = 0.0) -> None:
+        t0 = time.perf_counter()
         request = self._request(step)
         model, optimizer = self._model_and_optimizer()
+        pool_losses: list[tuple[Any, np.ndarray]] = []
 
         def compute(sig: SignalRequest) -> Any:
             if self.provider is None or model is None:
                 raise StateError("the selector asks for model signals but no model is attached.")
-            return self.provider.compute(sig, model, optimizer, step=step)
+            value = self.provider.compute(sig, model, optimizer, step=step)
+            current = sig.options.get("reference") != "initial"
+            if sig.kind == "loss" and sig.split == "train" and current:
+                pool_losses.append((sig.indices, value))
+            return value
 
         request = gather_signals(self.selector, request, compute)
         if self.provider is not None:
             self.provider.lr_since_update = []
+        t1 = time.perf_counter()
         # Every rank runs the selector (identical inputs keep the states identical); rank 0's
         # answer is broadcast so all ranks train on exactly the same rows.
         chosen = np.asarray(self.selector.select(request), dtype=np.int64)
         chosen = self._broadcast(chosen)
+        timing = {"signals_s": signals_s + t1 - t0, "choose_s": time.perf_counter() - t1}
         if len(chosen) != request.n or (
             len(chosen) and (chosen.min() < 0 or chosen.max() >= self.N)
         ):
@@ -733,9 +745,35 @@ class SelectController:
         if applies < self.total_steps:
             self.sampler.add_window(applies, chosen[order], wid=f"{request.epoch}-{step}")
         self.update_count += 1
-        self._log(step, request, chosen)
+        self._log(step, request, chosen, timing, self._domain_losses(pool_losses))
 
-    def _log(self, step: int, request: SelectRequest, chosen: np.ndarray) -> None:
+    def _domain_losses(
+        self, pool_losses: list[tuple[Any, np.ndarray]]
+    ) -> list[float | None] | None:
+        """Mean per-sample loss of each domain's pool rows, from the loss signal just computed."""
+        if not pool_losses:
+            return None
+        indices, values = pool_losses[-1]
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        rows = (
+            np.arange(self.N) if indices is None else np.asarray(list(indices), dtype=np.int64)
+        )
+        if rows.shape != values.shape:
+            return None
+        ok = np.isfinite(values)
+        k = len(self.domains)
+        sums = np.bincount(self.domain_ids[rows][ok], weights=values[ok], minlength=k)
+        counts = np.bincount(self.domain_ids[rows][ok], minlength=k)
+        return [float(s / c) if c > 0 else None for s, c in zip(sums, counts, strict=True)]
+
+    def _log(
+        self,
+        step: int,
+        request: SelectRequest,
+        chosen: np.ndarray,
+        timing: Mapping[str, float] | None = None,
+        domain_loss: list[float | None] | None = None,
+    ) -> None:
         counts = np.bincount(self.domain_ids[chosen], minlength=len(self.domains))
         by_domain = {d: int(c) for d, c in zip(self.domains, counts, strict=True)}
         decision = {
@@ -753,8 +791,15 @@ class SelectController:
             "component": self.run.component.entry,
             "decision": decision,
         }  # type: ignore[union-attr]
+        if domain_loss is not None:
+            # Mean pool loss by domain, measured for the decision (the selector's own signal).
+            record["feedback"] = {"domain_loss": domain_loss, "source": "pool_loss"}
         if self.rank == 0:
             append_jsonl(self.log_path, [record])
+            if timing is not None:
+                from dataflex_llamafactory.controller import append_timing
+
+                append_timing(self.timing_path, step, "selector", record["component"], timing)
             entry: dict[str, Any] = {"step": step, "indices": chosen.tolist()}
             scores = getattr(self.selector, "last_scores", None)
             if scores is not None and not request.warmup:
@@ -780,6 +825,9 @@ class SelectController:
 
     # ------------------------------------------------------------------ callback API
     def on_train_begin(self, step: int) -> None:
+        if self.rank == 0:
+            self.timing_path.unlink(missing_ok=True)  # a fresh run: older timings are another run's
+        t0 = time.perf_counter()
         if (
             self.wants_initial_losses
             and self.provider is not None
@@ -791,7 +839,7 @@ class SelectController:
                 fz, model, _Rows(self.provider.train_dataset, None), "reference losses"
             )
             self.provider.initial_losses = np.where(valid, values.astype(np.float64), np.nan)
-        self._decide(0)
+        self._decide(0, signals_s=time.perf_counter() - t0)
 
     def on_step_end(self, step: int, model: Any = None) -> None:
         if self.provider is not None and self.trainer is not None:
@@ -902,5 +950,5 @@ class SelectController:
                     [np.nan if x is None else x for x in init], dtype=np.float64
                 )
         if self.rank == 0:
-            for log_file in (self.log_path, self.selection_log):
+            for log_file in (self.log_path, self.selection_log, self.timing_path):
                 truncate_jsonl(log_file, step)  # also drops a torn last line

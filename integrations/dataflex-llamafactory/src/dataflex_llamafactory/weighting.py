@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ from dataflex_llamafactory.config import RunConfig
 from dataflex_llamafactory.controller import (
     SCHEMA_VERSION,
     STATE_FILE,
+    TIMING_FILE,
     _dist,
+    append_timing,
     check_saved_state,
     read_state,
 )
@@ -86,6 +89,7 @@ class WeightController:
         )
         self.weighter = get_registry().create("weighter", run.component.type, context=ctx, **run.component.params)
         self.log_path = self.output_dir / "dataflex" / "decisions.jsonl"
+        self.timing_path = self.output_dir / "dataflex" / TIMING_FILE
         self.trainer: Any = None
         # Weighters that score samples by embeddings (ADAPT) need anchors from a target set and
         # the training forward's hidden states.
@@ -168,6 +172,7 @@ class WeightController:
         embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The scaled loss to return from ``compute_loss`` for one micro-batch."""
+        t0 = time.perf_counter()
         det = torch.where(valid, losses.detach(), torch.full_like(losses.detach(), float("nan")))
         if self.world_size > 1:
             g_losses, _, offset = _gather_padded(det.float(), self.world_size)
@@ -205,21 +210,44 @@ class WeightController:
             j = self.weighter.objective(fb, weights, global_weight_sum=total)
         else:
             j = self.weighter.objective(fb, weights)
-        self._record(weights, valid, domain_ids)
+        self._record(weights, valid, domain_ids, losses)
         scale = float(self.world_size) / (1.0 if trainer_divides_by_ga else float(grad_accum))
-        return j * scale
+        out = j * scale
+        # Host wall time; on a GPU it covers the weigher's kernels up to the validity check's
+        # existing sync (no sync is added for the measurement).
+        self._weigh_s += time.perf_counter() - t0
+        self._weigh_calls += 1
+        return out
 
     # ------------------------------------------------------------------ statistics
     def _reset_stats(self) -> None:
         self._w: list[torch.Tensor] = []
+        self._l: list[torch.Tensor] = []
         self._d: list[torch.Tensor] = []
+        self._weigh_s = 0.0
+        self._weigh_calls = 0
+        self._domain_loss: list[float | None] | None = None
 
-    def _record(self, weights: torch.Tensor, valid: torch.Tensor, domain_ids: torch.Tensor) -> None:
-        self._w.append(weights[valid].detach().float())
+    def _record(
+        self,
+        weights: torch.Tensor,
+        valid: torch.Tensor,
+        domain_ids: torch.Tensor,
+        losses: torch.Tensor,
+    ) -> None:
+        # One masked gather for weights and losses together: no extra host sync.
+        pair = [weights.detach().float(), losses.detach().to(weights.device).float()]
+        both = torch.stack(pair)[:, valid]
+        self._w.append(both[0])
+        self._l.append(both[1])
         self._d.append(domain_ids.to(weights.device)[valid])
 
     def stats(self) -> dict[str, Any] | None:
-        """Min, max, mean, entropy and per-domain mean of the weights since the last log."""
+        """Min, max, mean, entropy and per-domain mean of the weights since the last log.
+
+        Also keeps the per-domain mean per-sample loss of the same rows for the decision record
+        (``feedback.domain_loss``), reduced in the same all-reduce.
+        """
         if not self._w:
             return None
         w = torch.cat(self._w)
@@ -227,16 +255,23 @@ class WeightController:
         k = len(self.domains)
         sums = torch.zeros(k, dtype=torch.float64, device=w.device).index_add_(0, d, w.double())
         counts = torch.zeros(k, dtype=torch.float64, device=w.device).index_add_(0, d, torch.ones_like(w, dtype=torch.float64))
+        loss_sums = torch.zeros(k, dtype=torch.float64, device=w.device)
+        loss_sums.index_add_(0, d, torch.cat(self._l).double())
         wd = w.double()
         lo, hi = wd.min().reshape(1), wd.max().reshape(1)
         # entropy of the normalised weights: H = log S - (sum w log w) / S, from two sums
         wlogw = torch.where(wd > 0, wd * wd.clamp_min(1e-300).log(), torch.zeros_like(wd)).sum().reshape(1)
         if self.world_size > 1:
-            packed = torch.cat([sums, counts, wlogw])
+            packed = torch.cat([sums, counts, wlogw, loss_sums])
             torch.distributed.all_reduce(packed)
-            sums, counts, wlogw = packed[:k], packed[k : 2 * k], packed[2 * k :]
+            sums, counts, wlogw = packed[:k], packed[k : 2 * k], packed[2 * k : 2 * k + 1]
+            loss_sums = packed[2 * k + 1 :]
             torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
             torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        self._domain_loss = [
+            s / c if c > 0 and math.isfinite(s / c) else None
+            for s, c in zip(loss_sums.cpu().tolist(), counts.cpu().tolist(), strict=True)
+        ]
         total, n = float(sums.sum()), float(counts.sum())
         entropy = math.log(total) - float(wlogw) / total if total > 0 else 0.0
         return {
@@ -254,20 +289,38 @@ class WeightController:
 
     # ------------------------------------------------------------------ schedule
     def on_train_begin(self, step: int) -> None:
-        """Nothing to decide before the first step."""
+        """Nothing to decide before the first step (a fresh run drops an old timing log)."""
+        if step == 0 and self.rank == 0:
+            self.timing_path.unlink(missing_ok=True)
+
+    def _take_interval(
+        self,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, float]]:
+        """Statistics, loss feedback and timing since the last log; resets them."""
+        stats = self.stats()
+        feedback = None
+        if stats is not None and self._domain_loss is not None:
+            feedback = {"domain_loss": self._domain_loss}
+        timing = {"weigh_s": self._weigh_s, "calls": float(self._weigh_calls)}
+        self._reset_stats()
+        return stats, feedback, timing
 
     def on_step_end(self, step: int) -> None:
         """Log weight statistics every ``logging_steps`` optimizer steps."""
         if step % self.logging_steps != 0:
             return
-        stats = self.stats()
-        self._reset_stats()
+        stats, feedback, timing = self._take_interval()
         if stats is None:
             return
         entry = self.run.component.entry  # type: ignore[union-attr]
-        record = {"step": step, "kind": "weighter", "component": entry, "decision": stats}
+        record: dict[str, Any] = {
+            "step": step, "kind": "weighter", "component": entry, "decision": stats
+        }
+        if feedback is not None:
+            record["feedback"] = feedback
         if self.rank == 0:
             append_jsonl(self.log_path, [record])
+            append_timing(self.timing_path, step, "weighter", entry, timing)
         if self.trainer is not None:
             control = self.trainer.control
             should_log = control.should_log
@@ -283,11 +336,20 @@ class WeightController:
 
     def finish(self, output_dir: str | Path) -> None:
         """End of training: flush the last statistics and plot the weight distribution."""
-        stats = self.stats()
-        self._reset_stats()
+        stats, feedback, timing = self._take_interval()
         if stats is not None and self.rank == 0:
-            append_jsonl(self.log_path, [{"step": -1, "kind": "weighter", "component": self.run.component.entry,  # type: ignore[union-attr]
-                                          "decision": stats, "note": "steps after the last logging step"}])
+            entry = self.run.component.entry  # type: ignore[union-attr]
+            record: dict[str, Any] = {
+                "step": -1,
+                "kind": "weighter",
+                "component": entry,
+                "decision": stats,
+                "note": "steps after the last logging step",
+            }
+            if feedback is not None:
+                record["feedback"] = feedback
+            append_jsonl(self.log_path, [record])
+            append_timing(self.timing_path, -1, "weighter", entry, timing)
         if self.cfg.check_state_consistency:
             atomic_write_json(Path(output_dir) / "dataflex" / f"final_state_rank{self.rank}.json",
                               {"weighter": self.weighter.state_dict()})
@@ -332,3 +394,5 @@ class WeightController:
         self.weighter.load_state_dict(state["weighter"])
         if self.rank == 0 and self.log_path.exists():
             truncate_jsonl(self.log_path, step)
+        if self.rank == 0:
+            truncate_jsonl(self.timing_path, step)

@@ -572,7 +572,8 @@ def run_train(run: RunConfig, callbacks: list[Any] | None = None, on_started: An
         if training_args.should_save:
             atomic_write_json(
                 Path(training_args.output_dir) / "dataflex" / "effective_config.json",
-                {**run.effective(), "hash": run.effective_hash(), **controller.describe()},
+                {**run.effective(), "hash": run.effective_hash(), **controller.describe(),
+                 "seed": training_args.seed},
             )
     if controller is not None and training_args.resume_from_checkpoint:
         # Fail on a missing or damaged dataflex state now, while the CLI still cleans up a fresh
