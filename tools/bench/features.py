@@ -561,6 +561,36 @@ def render_compare(
     return lines
 
 
+def compare_headlines(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The goals of issue 4, as ``_common.headline`` records (best variant of each set)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import headline
+
+    goals = {"lora": 15.0, "full": 100.0}
+    title = {"lora": "LoRA", "full": "full-parameter"}
+    out = []
+    for kind, rows in results.items():
+        by = {r["variant"].split(":", 1)[1]: r for r in rows}
+        best = min((r for k, r in by.items() if k.startswith("ours")), key=lambda r: r["seconds"])
+        out += [
+            headline(
+                f"{title[kind]} LESS features: speed-up over the predecessor (best variant)",
+                by["base"]["seconds"] / best["seconds"],
+                goal=goals[kind],
+                op=">=",
+                source="issue 4",
+            ),
+            headline(
+                f"{title[kind]} LESS features: time / one training step (best variant)",
+                best["seconds"] / by["train"]["seconds"],
+                goal=2.0,
+                op="<=",
+                source="issue 4",
+            ),
+        ]
+    return out
+
+
 def _machine() -> str:
     import torch
 
@@ -670,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--write replaces the whole section: run it with --part all")
     t0 = time.perf_counter()
     compare_lines = None
+    results: dict[str, list[dict[str, Any]]] = {}
     if args.part in ("all", "compare"):
         print("comparison with the predecessor's way:", file=sys.stderr)
         results = compare(args.lora_samples, args.full_samples, args.proj_dim, args.blocks)
@@ -690,6 +721,16 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.write is not None:
         write_section(args.write, table)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _common import write_result
+
+        write_result(
+            "features",
+            compare_headlines(results),
+            {"compare": results, "basic": rows, "proj_dim": args.proj_dim},
+            page=args.write,
+            title="Features",
+        )
     return 0
 
 

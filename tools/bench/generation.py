@@ -27,7 +27,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_section  # noqa: E402
+from _common import headline, write_result, write_section  # noqa: E402
 
 LLAMA = {
     "vocab_size": 2048,
@@ -167,6 +167,27 @@ def main() -> None:
     print(table)
     if args.write:
         write_section("generation", table)
+        t_best = rows[-1][2]
+        write_result(
+            "generation",
+            [
+                headline(
+                    f"batched generation (batch {args.prompts}) speed-up over `model.generate` "
+                    "one prompt at a time",
+                    t_hf / t_best,
+                )
+            ],
+            {
+                "prompts": len(prompts),
+                "max_new_tokens": m,
+                "tokens": tokens,
+                "rows": [
+                    {"method": n, "batch_size": int(bs), "seconds": t, "tokens_per_s": tokens / t}
+                    for n, bs, t in rows
+                ],
+            },
+            title="Generation",
+        )
 
 
 if __name__ == "__main__":

@@ -292,7 +292,9 @@ def stream_child(args: argparse.Namespace) -> None:
     )
 
 
-def part_stream(args: argparse.Namespace) -> list[str]:
+def part_stream(args: argparse.Namespace, info: dict[str, Any] | None = None) -> list[str]:
+    """Part (c); fills ``info`` (if given) with the measured runs for the JSON result."""
+    info = {} if info is None else info
     rows, dim = args.stream_rows, args.dim
     size = rows * dim * 2
     folder = Path(args.stream_dir)
@@ -352,6 +354,7 @@ def part_stream(args: argparse.Namespace) -> list[str]:
                 f"{res['top1_is_source']:.2f} |"
             )
             peak = res["ru_maxrss_kib"] * 1024
+            info[label] = {**res, "file_bytes": size, "peak_rss_bytes": peak, "naive": naive}
             if not naive:
                 goal = (
                     f"Goal: peak RSS <= 2 GB over a {size / 2**30:.2f} GiB "
@@ -404,7 +407,9 @@ def main(argv: list[str] | None = None) -> None:
     sections: list[str] = ["## Nearest-neighbour search", ""]
     # Part (c) runs first, while this process is small: Linux carries the parent's peak RSS
     # at fork into the child's ru_maxrss, which would otherwise report our 1M x 256 data.
-    stream_lines = part_stream(args) if "c" in args.parts else []
+    stream_info: dict[str, Any] = {}
+    stream_lines = part_stream(args, stream_info) if "c" in args.parts else []
+    summary: dict[str, Any] = {"stream": stream_info}
     need_data = "a" in args.parts or "b" in args.parts
     if need_data:
         sizes = sorted({min(n, args.rows) for n in args.exact_sizes} | {args.rows})
@@ -423,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         lines, ratios, reference = part_exact(x, q, sizes, args.k, args.repeats)
         r = ratios[args.rows]["ours: flat (FAISS)"]
         rn = ratios[args.rows]["ours: numpy"]
+        summary["exact_ratio_to_raw_ip"] = {str(n): v for n, v in ratios.items()}
         sections += [
             "### (a) Exact top-k: ours against raw FAISS",
             "",
@@ -448,6 +454,10 @@ def main(argv: list[str] | None = None) -> None:
         lines, results = part_approx(
             x, q, args.k, args.repeats, reference[args.rows], args.nprobe, args.ef_search, args.seed
         )
+        summary["approx"] = [
+            {"setting": name, "recall": r, "speedup_vs_faiss_flat": s, "speedup_vs_numpy": sn}
+            for name, r, s, sn in results
+        ]
         met = [name for name, r, s, _ in results if r >= 0.95 and s >= 5]
         met_np = [name for name, r, _, s in results if r >= 0.95 and s >= 5]
         sections += [
@@ -492,9 +502,46 @@ def main(argv: list[str] | None = None) -> None:
     print(body)
     if args.write:
         sys.path.insert(0, str(HERE))
-        from _common import write_section  # the shared docs/benchmarks.md writer
+        from _common import write_result, write_section  # the shared docs/benchmarks.md writer
 
         write_section("knn", body)
+        write_result("knn", knn_headlines(args, summary), summary, title="Nearest-neighbour search")
+
+
+def knn_headlines(args: argparse.Namespace, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The three goals of the module docstring, as ``_common.headline`` records."""
+    from _common import headline
+
+    out = []
+    if "a" in args.parts:
+        ratio = summary["exact_ratio_to_raw_ip"][str(args.rows)]["ours: flat (FAISS)"]
+        out.append(
+            headline(
+                f"(a) exact top-k, ours (FAISS flat) / raw FAISS IndexFlatIP at n = {args.rows:,}",
+                ratio, goal=1.1, op="<=", source="tools/bench/knn.py",
+            )
+        )
+    if "b" in args.parts:
+        ok = [a for a in summary["approx"] if a["recall"] >= 0.95]
+        best = max(ok, key=lambda a: a["speedup_vs_faiss_flat"]) if ok else None
+        out.append(
+            headline(
+                "(b) approximate search: best speed-up over exact (FAISS flat) at recall@10 >= 0.95"
+                + (f" ({best['setting']})" if best else " (no setting reaches that recall)"),
+                best["speedup_vs_faiss_flat"] if best else None,
+                goal=5.0, op=">=", source="tools/bench/knn.py",
+            )
+        )
+    released = [v for v in summary["stream"].values() if not v["naive"]]
+    if "c" in args.parts:
+        out.append(
+            headline(
+                "(c) streaming top-k over a memory-mapped float16 store: peak RSS",
+                released[0]["peak_rss_bytes"] / 1e9 if released else None,
+                "GB", goal=2.0, op="<=", source="tools/bench/knn.py",
+            )
+        )
+    return out
 
 
 if __name__ == "__main__":

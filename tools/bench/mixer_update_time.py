@@ -156,9 +156,17 @@ def main(argv: list[str] | None = None) -> None:
     print(body)
     if args.write:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from _common import write_section  # the shared docs/benchmarks.md writer
+        from _common import headline, write_result, write_section  # shared writers
 
         write_section("mixer-update-time", body)
+        k = max(args.domains)
+        slowest = max(names, key=lambda n: table[k][n])
+        write_result(
+            "mixer-update-time",
+            [headline(f"slowest mixer update at K = {k} (`{slowest}`)", table[k][slowest], "µs")],
+            {"domains": args.domains, "median_us": {str(kk): v for kk, v in table.items()}},
+            title="Mixer update time",
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, write_section  # noqa: E402
+from _common import REPO, headline, write_result, write_section  # noqa: E402
 
 
 def variants(paradigm: str, steps: int) -> dict[str, dict]:
@@ -108,7 +108,20 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section(f"overhead-{args.paradigm}", table)
+        name = f"overhead-{args.paradigm}"
+        write_section(name, table)
+        medians = {k: statistics.median(ts) for k, ts in times.items()}
+        write_result(
+            name,
+            [
+                headline(f"{k}: train_runtime / static", med / base, goal=1.03, op="<=",
+                         source="issue 3" if args.paradigm == "mix" else "issue 6")
+                for k, med in medians.items()
+                if k != base_name
+            ],
+            {"steps": args.steps, "repeats": args.repeats, "runs_s": times, "median_s": medians},
+            title=f"{'Mixing' if args.paradigm == 'mix' else 'Weighting'} overhead in training",
+        )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, write_section  # noqa: E402
+from _common import REPO, headline, write_result, write_section  # noqa: E402
+
+#: The goal for online LESS: at most 1.5x the static run's train_runtime.
+GOAL = 1.5
 
 
 def variants(steps: int, update_step: int, candidates: int) -> dict[str, dict]:
@@ -124,6 +127,24 @@ def main() -> None:
     print(table)
     if args.write:
         write_section("select-online", table)
+        medians = {k: statistics.median(ts) for k, ts in times.items()}
+        write_result(
+            "select-online",
+            [
+                headline(
+                    f"{k}: train_runtime / static", med / base, goal=GOAL, op="<=",
+                    source="tools/bench/select_online.py",
+                )
+                for k, med in medians.items()
+                if k != items[0][0]
+            ],
+            {
+                "steps": args.steps, "update_step": args.update_step,
+                "candidates": args.candidates, "repeats": args.repeats,
+                "runs_s": times, "median_s": medians,
+            },
+            title="Online selection in training",
+        )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_section  # noqa: E402
+from _common import headline, write_result, write_section  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -105,6 +105,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(table)
     if args.write:
         write_section("weight-step", table)
+        write_result(
+            "weight-step",
+            [headline(f"{k}: step time / standard loss", r) for k, r in ratios.items()
+             if k != "standard loss (no DataFlex)"],
+            {"steps": args.steps, "batch": args.batch, "length": args.length,
+             "median_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}},
+            title="Weighting cost per training step",
+        )
     return ratios
 
 
