@@ -469,8 +469,9 @@ def grouped_bars(
         width = 0.8 / max(1, len(data))
         for j, (label, vals) in enumerate(data.items()):
             means = np.array([np.mean(v) for v in vals])
-            lo = means - np.array([np.min(v) for v in vals])
-            hi = np.array([np.max(v) for v in vals]) - means
+            # clipped at 0: the mean of equal values can exceed their max by one rounding step
+            lo = np.maximum(means - np.array([np.min(v) for v in vals]), 0.0)
+            hi = np.maximum(np.array([np.max(v) for v in vals]) - means, 0.0)
             pos = x + (j - (len(data) - 1) / 2) * width
             ax.bar(pos, means, width, yerr=[lo, hi], capsize=2, label=label, color=color[label])
         ax.set_xticks(x, groups)
