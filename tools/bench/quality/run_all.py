@@ -16,6 +16,7 @@ Budget: under 60 min at default size, alone on a 2-core CPU (mixing + reweightin
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,46 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 EXPERIMENTS = ["mixing", "reweighting", "selection", "flat_keys"]
+PAGE = REPO / "docs" / "results.md"
+_TITLES = {"mixing": "Mixing", "selection": "Selection", "reweighting": "Reweighting", "flat_keys": "Flat keys"}
+
+
+def summary(page: Path = PAGE) -> str:
+    """Every computed verdict of the experiments' sections, gathered in one place.
+
+    Copies the bullet lines each experiment wrote from its own numbers (nothing is typed in) and
+    each section's wall time, so the top of the page says where dynamic data helped and where
+    it did not, and stays true when the suite is rerun.
+    """
+    text = page.read_text()
+    lines = ["Each line below is copied from the experiment's section, where it was computed from "
+             "per-seed paired differences; the tables are further down.", ""]
+    walls: list[tuple[str, str]] = []
+    for name, title in _TITLES.items():
+        section = f"quality-{name.replace('_', '-')}"
+        m = re.search(rf"<!-- bench:{section}:start -->(.*?)<!-- bench:{section}:end -->", text, re.S)
+        body = m.group(1) if m else ""
+        verdicts = [
+            ln for ln in body.splitlines()
+            if (ln.startswith("- ") and re.search(r"\b(beat|tied|did not beat)\b", ln))
+            or ln.startswith("All ") and "flat-key" in ln
+        ]
+        lines.append(f"**{title}**")
+        lines.append("")
+        lines.extend(verdicts or ["- not run yet"])
+        lines.append("")
+        wall = re.findall(r"^Wall time: (.*)$", body, re.M)
+        walls.append((title, "; ".join(wall) if wall else "not run"))
+    lines += ["| experiment | wall time of its last run |", "| --- | --- |"]
+    lines += [f"| {t} | {w} |" for t, w in walls]
+    return "\n".join(lines)
+
+
+def write_summary(page: Path = PAGE) -> None:
+    sys.path.insert(0, str(HERE.parent))
+    from _common import write_section
+
+    write_section("quality-summary", summary(page), page=page)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only", nargs="+", choices=EXPERIMENTS, default=EXPERIMENTS, help="experiments to run"
     )
+    ap.add_argument(
+        "--summary-only", action="store_true",
+        help="only regather the verdicts of docs/results.md into its summary section",
+    )
     args = ap.parse_args(argv)
+    if args.summary_only:
+        write_summary()
+        return 0
     times: dict[str, tuple[float, int]] = {}
     for name in [e for e in EXPERIMENTS if e in args.only]:
         script = HERE / f"{name}.py"
@@ -62,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (t, rc) in times.items():
         print(f"| {name} | {t:.0f} | {rc} |")
     print(f"| total | {sum(t for t, _ in times.values()):.0f} | |", flush=True)
+    if not (args.tiny or args.no_docs):
+        write_summary()
     return 0 if all(rc == 0 for _, rc in times.values()) else 1
 
 
