@@ -47,13 +47,18 @@ def summary(page: Path = PAGE) -> str:
         verdicts = [
             ln for ln in body.splitlines()
             if (ln.startswith("- ") and re.search(r"\b(beat|tied|did not beat)\b", ln))
-            or ln.startswith("All ") and "flat-key" in ln
+            or (ln.startswith("All ") and "flat-key" in ln)
+            or (ln.startswith("At ") and "than random" in ln)
         ]
+        # selection writes one verdict paragraph per model; name the model it belongs to
+        models = re.findall(r"^#### (.+)$", body, re.M)
+        if name == "selection" and len(models) == len(verdicts):
+            verdicts = [f"- {m}: {v}" for m, v in zip(models, verdicts, strict=True)]
         lines.append(f"**{title}**")
         lines.append("")
         lines.extend(verdicts or ["- not run yet"])
         lines.append("")
-        wall = re.findall(r"^Wall time: (.*)$", body, re.M)
+        wall = re.findall(r"Wall time[^:\n]*: ([0-9.]+ (?:s|min)[^.\n]*(?:\.\d+)?[^.\n]*)", body)
         walls.append((title, "; ".join(wall) if wall else "not run"))
     lines += ["| experiment | wall time of its last run |", "| --- | --- |"]
     lines += [f"| {t} | {w} |" for t, w in walls]
