@@ -44,6 +44,22 @@ def test_two_rank_zero3_sft_keeps_mixer_state_identical(tmp_path, run_cli, write
     state = json.loads((out / "checkpoint-4" / "dataflex_state.json").read_text())
     assert state["samples_per_step"] == 8 and state["sampler"]["position"] == 32
 
+    # The same global batch in one plain process: 4 rows per micro-batch, the union of the two
+    # ranks' micro-batches, so equal losses and decisions mean the ranks drew disjoint halves.
+    plain = tmp_path / "plain"
+    one = {k: v for k, v in cfg.items() if k != "deepspeed"}
+    one.update(output_dir=str(plain), per_device_train_batch_size=4, save_steps=100)
+    res = run_cli("train", str(write_config(one, "plain.yaml")))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    assert _history(out) == pytest.approx(_history(plain), rel=1e-4)
+    ref = [json.loads(x) for x in (plain / "dataflex" / "decisions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in ref] == [r["step"] for r in recs]
+    for a, b in zip(ref, recs, strict=True):
+        assert b["decision"]["proportions"] == pytest.approx(a["decision"]["proportions"], abs=1e-9)
+        assert b["feedback"]["domain_samples"] == a["feedback"]["domain_samples"]
+        for x, y in zip(a["feedback"]["domain_loss"], b["feedback"]["domain_loss"], strict=True):
+            assert (x is None and y is None) or y == pytest.approx(x, rel=1e-4)  # None: no rows
+
 
 def test_two_rank_ddp_loss_weighting_equals_one_rank_on_the_same_global_batch(
     tmp_path, run_cli, write_config, quickstart

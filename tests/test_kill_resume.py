@@ -21,7 +21,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS, CKPT = 48, 16
+STEPS, CKPT = 32, 12
 
 
 def _cfg(quickstart, out: Path, dataflex: dict, **extra) -> dict:
