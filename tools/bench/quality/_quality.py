@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import REPO, write_section  # noqa: E402, F401 (write_section: re-exported)
+from _common import REPO, write_section  # noqa: E402
 
 # Before torch/transformers are imported (trainings run in this process): no hub, and one
 # thread (the tiny model is as fast with one, and robust on a shared machine).
@@ -310,6 +310,17 @@ def fmt(s: dict[str, float], digits: int = 3) -> str:
 def save_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def publish(name: str, body: str, results: Any, root: Path, no_docs: bool) -> Any:
+    """Save ``results.json`` and ``results.md`` under ``root``, print the section, and write it
+    into docs/results.md unless ``no_docs``. Returns ``results``."""
+    save_json(root / "results.json", results)
+    (root / "results.md").write_text(body + "\n")
+    print(body)
+    if not no_docs:
+        write_section(name, body, page=RESULTS_PAGE)
+    return results
 
 
 def out_dir(args: argparse.Namespace, name: str) -> Path:

@@ -208,12 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_wall_s": train.wall,
     }
     body = report(results)
-    q.save_json(root / "results.json", results)
-    (root / "results.md").write_text(body + "\n")
-    print(body)
-    if not args.no_docs:
-        q.write_section(NAME, body, page=q.RESULTS_PAGE)
-    return results
+    return q.publish(NAME, body, results, root, args.no_docs)
 
 
 if __name__ == "__main__":

@@ -186,12 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     page = q.RESULTS_PAGE if not args.no_docs else root / "results.md"
     body = report(results, q.figure_dir(args, root), page)
-    q.save_json(root / "results.json", results)
-    (root / "results.md").write_text(body + "\n")
-    print(body)
-    if not args.no_docs:
-        q.write_section(NAME, body, page=q.RESULTS_PAGE)
-    return results
+    return q.publish(NAME, body, results, root, args.no_docs)
 
 
 if __name__ == "__main__":

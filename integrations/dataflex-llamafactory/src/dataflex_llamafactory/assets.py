@@ -46,7 +46,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -401,10 +401,7 @@ def build_tiny_llama(
         model = model_cls(config)
     _init_weights(model, seed=seed, std=config.initializer_range)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is meant to be readable
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         if corpus_files is None:
             for src in sorted(BUILTIN_TOKENIZER_DIR.iterdir()):
@@ -412,15 +409,27 @@ def build_tiny_llama(
                     shutil.copyfile(src, tmp / src.name)
         else:
             save_tokenizer(tokenizer, tmp)
-        info = {
-            "builder": f"{__name__}.build_tiny_llama",
-            "builder_version": BUILDER_VERSION,
-            "architecture": architecture,
-            "seed": seed,
-            "config": config_kwargs,
-            "tokenizer": "builtin" if corpus_files is None else "trained",
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-        }
+
+    info = {
+        "builder": f"{__name__}.build_tiny_llama",
+        "builder_version": BUILDER_VERSION,
+        "architecture": architecture,
+        "seed": seed,
+        "config": config_kwargs,
+        "tokenizer": "builtin" if corpus_files is None else "trained",
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return _publish_model_dir(out, write, info)
+
+
+def _publish_model_dir(out: Path, write: Callable[[Path], None], info: dict[str, Any]) -> Path:
+    """Write a model folder into a private temp folder (``write(tmp)`` plus ``_BUILD_INFO``)
+    and rename it to ``out`` atomically; a concurrent build of the same folder wins quietly."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is meant to be readable
+        write(tmp)
         (tmp / _BUILD_INFO).write_text(
             json.dumps(info, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
         )
@@ -573,31 +582,17 @@ def build_smollm2(out_dir: str | os.PathLike[str], gguf_path: str | os.PathLike[
     )
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = specials["pad_token"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
-        info = {
-            "builder": f"{__name__}.build_smollm2",
-            "builder_version": BUILDER_VERSION,
-            "source": str(gguf),
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-        }
-        (tmp / _BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if not _is_nonempty_dir(out):
-                raise
-            logger.info("%s was built concurrently by another process; keeping that build", out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    info = {
+        "builder": f"{__name__}.build_smollm2",
+        "builder_version": BUILDER_VERSION,
+        "source": str(gguf),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return _publish_model_dir(out, write, info)
 
 
 def _parse_builtin_spec(spec: str) -> int:
